@@ -1,0 +1,240 @@
+"""Hook for the SIM Insight M2M platform (XML over HTTPS POST)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
+from typing import Any
+
+import aiohttp
+
+from airflow_provider_m2m.exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    M2mApiError,
+    M2mProviderError,
+    OutcomeUnknownError,
+    ProtocolError,
+)
+from airflow_provider_m2m.hooks.base import PlatformHook
+from airflow_provider_m2m.protocol import iccid as iccid_rules
+from airflow_provider_m2m.protocol import sim_insight, sms
+from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsReceipt
+from airflow_provider_m2m.transport import Reply, RetryPolicy
+
+__all__ = ["ImeiRecord", "M2mHook", "SmsReceipt"]
+
+# test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
+# "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
+PROBE_ICCID = "8900000000000000000"
+_HEADERS = {"Content-Type": sim_insight.CONTENT_TYPE, "Accept": sim_insight.CONTENT_TYPE}
+
+
+class M2mHook(PlatformHook):
+    """
+    Talk to SIM Insight: which device (IMEI) each SIM sits in, and SMS to SIMs.
+
+    The connection's host is the base URL (``https://api.m2miportal.com``), login and password are the API
+    username and password, and extras are ``api_id`` (required), ``timeout`` (s), ``verify`` (TLS) and
+    ``max_requests_per_second``. Single calls share one keep-alive session; :meth:`query_imeis` runs a batch
+    with bounded concurrency over one aiohttp session whose pool matches the concurrency.
+
+    .. code-block:: python
+
+        hook = M2mHook(m2m_conn_id="m2m_default")
+        record = hook.query_imei("8925401000000000012")
+        for record in hook.query_imeis(fleet_iccids, max_workers=32): ...
+
+    :param m2m_conn_id: the Airflow connection id (conn type ``m2m``).
+    :param retry_policy: how transient failures are retried (:class:`~airflow_provider_m2m.transport.RetryPolicy`).
+    """
+
+    conn_name_attr = "m2m_conn_id"
+    default_conn_name = "m2m_default"
+    conn_type = "m2m"
+    hook_name = "SIM Insight M2M"
+
+    def __init__(self, m2m_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None) -> None:
+        super().__init__(m2m_conn_id, retry_policy=retry_policy)
+        self.m2m_conn_id = m2m_conn_id
+
+    @cached_property
+    def api_id(self) -> str:
+        """The account's API id (connection extra ``api_id``, required)."""
+        api_id = self.extra("api_id")
+        if api_id is None:
+            raise InvalidRequestError(f"connection {self.conn_id!r} extra 'api_id'", "is required by SIM Insight")
+        return str(api_id)
+
+    def _body(self, command: str, fields: Iterable[tuple[str, str | None]]) -> bytes:
+        conn = self.connection
+        return sim_insight.build_request(
+            command, api_id=self.api_id, username=conn.login or "", password=conn.password or "", fields=fields
+        )
+
+    def _interpret(self, command: str, parse: Callable[[bytes, list[str]], Any] | None = None) -> Any:
+        secrets = [self.connection.password or ""]
+
+        def interpret(reply: Reply) -> Any:
+            if reply.status in (401, 403):
+                raise AuthenticationError(f"Connection {self.conn_id!r}: SIM Insight answered HTTP {reply.status}")
+            if reply.status != 200:
+                raise ProtocolError(
+                    f"SIM Insight {command}: HTTP {reply.status}: {sim_insight.excerpt(reply.body, secrets)}"
+                )
+            try:
+                if parse is not None:
+                    return parse(reply.body, secrets)
+                return sim_insight.parse_response(command, reply.body, secrets)
+            except AuthenticationError as exc:
+                raise AuthenticationError(f"Connection {self.conn_id!r}: {exc}") from None
+
+        return interpret
+
+    def call(
+        self, command: str, fields: Iterable[tuple[str, str | None]], *, what: str, idempotent: bool = True
+    ) -> dict[str, str | None]:
+        """
+        Send one SIM Insight command and return the response's fields (empty elements as None).
+
+        :param command: the command, e.g. ``query_status``.
+        :param fields: ``(element, text)`` pairs after the authentication block.
+        :param what: a secret-free description for logs and errors.
+        :param idempotent: False when the command must never be carried out twice.
+        """
+        return self.request(
+            "POST",
+            self.base_url,
+            self._interpret(command),
+            what=what,
+            idempotent=idempotent,
+            data=self._body(command, fields),
+            headers=_HEADERS,
+        )
+
+    def query_imei(self, iccid: str) -> ImeiRecord:
+        """
+        Ask which device the SIM sits in, when that changed, and the device before.
+
+        :param iccid: the SIM's ICCID (18-22 digits).
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_imei", [("iccid", number)], what=f"query_imei {number}")
+        return sim_insight.imei_record(number, fields)
+
+    def query_imeis(self, iccids: Iterable[str], max_workers: int | None = None) -> Iterator[ImeiRecord]:
+        """
+        Query many SIMs with bounded concurrency; yield one record per input ICCID, as they complete.
+
+        Every ICCID is validated before anything is sent. A SIM whose query failed (platform failure,
+        transient failure past the retry budget, unreadable answer) comes back with ``.error`` set and its
+        other fields None; an authentication failure stops the whole batch.
+
+        :param iccids: the ICCIDs; any iterable.
+        :param max_workers: calls in flight at once (default 16).
+        """
+        numbers = iccid_rules.validate_many(list(iccids))
+        interpret = self._interpret("query_imei")
+
+        async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
+            try:
+                fields = await self.arequest(
+                    client,
+                    "POST",
+                    self.base_url,
+                    interpret,
+                    what=f"query_imei {number}",
+                    data=self._body("query_imei", [("iccid", number)]),
+                    headers=_HEADERS,
+                )
+                return sim_insight.imei_record(number, fields)
+            except AuthenticationError:
+                raise
+            except M2mProviderError as exc:
+                return ImeiRecord(iccid=number, error=str(exc))
+
+        return self.map_concurrently(numbers, query, max_workers)
+
+    def send_sms(
+        self,
+        iccid: str,
+        message_text: str,
+        data_coding: str = "default",
+        origin: str | None = None,
+        sms_uid: str | None = None,
+    ) -> SmsReceipt:
+        """
+        Send one SMS to a SIM. Never sent twice by the hook: once the request may have reached the
+        platform (read timeout, dropped connection, 502/504, unreadable answer) it is not retried and
+        :class:`~airflow_provider_m2m.exceptions.OutcomeUnknownError` is raised carrying the ``sms_uid``, so
+        :meth:`find_sms` can settle it later.
+
+        :param iccid: the SIM's ICCID.
+        :param message_text: GSM-7 text of at most 160 septets, or base64 (``binary``, at most 120 bytes).
+        :param data_coding: ``default`` or ``binary``.
+        :param origin: the sender number (digits); honoured on some SIM types only.
+        :param sms_uid: the message's uid (1-12 ASCII letters/digits); generated when not given.
+        """
+        number = iccid_rules.validate(iccid)
+        coding = sms.validate_data_coding(data_coding)
+        text = sms.validate_message(message_text, coding)
+        sender = sms.validate_origin(origin) if origin is not None else None
+        uid = sms.validate_uid(sms_uid) if sms_uid is not None else sms.random_uid()
+        what = f"send_sms {number} sms_uid={uid}"
+        try:
+            fields = self.call(
+                "send_sms",
+                [
+                    ("iccid", number),
+                    ("message_text", text),
+                    ("data_coding", coding),
+                    ("origin", sender),
+                    ("sms_uid", uid),
+                ],
+                what=what,
+                idempotent=False,
+            )
+        except OutcomeUnknownError as exc:
+            raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
+        return SmsReceipt(iccid=number, sms_uid=fields.get("sms_uid") or uid)
+
+    def sms_history(self, iccid: str, lastx: int = 20) -> list[dict[str, str | None]]:
+        """
+        The SIM's most recent mobile-terminated messages, newest first (``query_sms_mt_details``).
+
+        :param iccid: the SIM's ICCID.
+        :param lastx: how many messages, 1 to 20.
+        """
+        number = iccid_rules.validate(iccid)
+        if not isinstance(lastx, int) or not 1 <= lastx <= 20:
+            raise InvalidRequestError("lastx", "must be an integer from 1 to 20")
+        return self.request(
+            "POST",
+            self.base_url,
+            self._interpret("query_sms_mt_details", sim_insight.sms_history),
+            what=f"query_sms_mt_details {number}",
+            data=self._body("query_sms_mt_details", [("iccid", number), ("lastx", str(lastx))]),
+            headers=_HEADERS,
+        )
+
+    def find_sms(self, iccid: str, sms_uid: str) -> bool:
+        """True when the platform's recent history for the SIM holds a message with ``sms_uid``."""
+        return any(item.get("sms_uid") == sms_uid for item in self.sms_history(iccid, lastx=20))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check the credentials with a harmless query (SIM Insight has no ping).
+
+        Queries the IMEI of the connection extra ``test_iccid`` (or a placeholder ICCID). A success or an
+        ``invalid iccid`` failure both prove the platform accepted the credentials; an authentication
+        failure proves it did not.
+        """
+        probe = str(self.extra("test_iccid", PROBE_ICCID))
+        try:
+            record = self.query_imei(probe)
+        except M2mApiError as exc:
+            return True, f"Credentials accepted (the probe query answered: {exc.description})"
+        except (M2mProviderError, ValueError) as exc:
+            return False, str(exc)
+        return True, f"Credentials accepted; SIM {record.iccid} is in device {record.current_imei or 'unknown'}"

@@ -1,0 +1,255 @@
+"""Operators for SIM Insight: fleet IMEI queries and SMS."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_m2m.exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    M2mProviderError,
+    OutcomeUnknownError,
+)
+from airflow_provider_m2m.files import write_csv
+from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
+from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
+from airflow_provider_m2m.operators._common import Progress, as_int, bad_input_fails_task
+from airflow_provider_m2m.operators._ledger import SmsLedger
+from airflow_provider_m2m.protocol import iccid as iccid_rules
+from airflow_provider_m2m.protocol import sms
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Columns of the CSV that :class:`QueryImeiOperator` writes to ``output_uri``.
+CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
+
+
+def parse_changed_since(value: object) -> pendulum.DateTime | None:
+    """An aware datetime, or an ISO 8601 string with a UTC offset, as a pendulum DateTime; None passes."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidRequestError("changed_since", "must be an ISO 8601 date-time", repr(value)) from None
+    if not isinstance(value, dt.datetime):
+        raise InvalidRequestError(
+            "changed_since", f"must be a datetime or an ISO 8601 string, not {type(value).__name__}"
+        )
+    if value.tzinfo is None:
+        raise InvalidRequestError(
+            "changed_since", "must carry a timezone, e.g. 2026-11-20T00:00:00Z", repr(value.isoformat())
+        )
+    return pendulum.instance(value)
+
+
+class QueryImeiOperator(BaseOperator):
+    """
+    Ask SIM Insight which device (IMEI) each SIM sits in, and when that changed.
+
+    Runs the batch with bounded concurrency over one keep-alive session. Without ``output_uri`` it returns
+    one ``ImeiRecord.as_dict()`` row per SIM (kept in XCom: fine for a few thousand SIMs). With
+    ``output_uri`` it streams the rows as CSV (header ``iccid,current_imei,last_change,previous_imei,error``;
+    CSV because fleet tools and spreadsheets read it and it streams row by row) to that object-storage URI
+    and returns a small summary ``{uri, total, changed, unknown, failed, rows}``, so memory and XCom stay
+    flat however big the fleet. The file is written whole on every try, so a retried task leaves no
+    duplicate rows.
+
+    With ``changed_since``, only SIMs whose ``last_change`` is at or after it are kept, plus the SIMs whose
+    query failed (their ``error`` is set): a failure is never silently dropped. A SIM whose ``last_change``
+    is unknown has not "changed".
+
+    .. code-block:: python
+
+        QueryImeiOperator.partial(task_id="query", output_uri=..., max_workers=32).expand(iccids=batches)
+
+    :param iccids: one ICCID (a plain string is one ICCID, never split) or a list of them. Templated.
+    :param m2m_conn_id: the SIM Insight connection. Templated.
+    :param changed_since: an aware datetime or ISO 8601 string with an offset. Templated.
+    :param output_uri: an ObjectStoragePath URI (``file://``, ``s3://``...) for the CSV. Templated.
+    :param max_workers: calls in flight at once (default 16). Templated.
+    """
+
+    template_fields: Sequence[str] = ("iccids", "m2m_conn_id", "changed_since", "output_uri", "max_workers")
+    ui_color = "#d8ecf3"
+
+    def __init__(
+        self,
+        *,
+        iccids: str | list[str],
+        m2m_conn_id: str = M2mHook.default_conn_name,
+        changed_since: dt.datetime | str | None = None,
+        output_uri: str | None = None,
+        max_workers: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.iccids = iccids
+        self.m2m_conn_id = m2m_conn_id
+        self.changed_since = changed_since
+        self.output_uri = output_uri
+        self.max_workers = max_workers
+
+    @cached_property
+    def hook(self) -> M2mHook:
+        """The SIM Insight hook (built on first use, never at parse time)."""
+        return M2mHook(m2m_conn_id=self.m2m_conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
+        with bad_input_fails_task():
+            numbers = iccid_rules.validate_many(self.iccids)
+            since = parse_changed_since(self.changed_since)
+            workers = (
+                None
+                if self.max_workers in (None, "")
+                else as_int(self.max_workers, "max_workers", 1, MAX_WORKERS_LIMIT)
+            )
+            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            progress = Progress(self.log, "SIMs queried", len(numbers))
+            counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
+            kept = (r.as_dict() for r in self._kept(self.hook.query_imeis(numbers, workers), since, progress, counts))
+            if not self.output_uri:
+                rows = list(kept)
+                self.log.info("%s; %s", progress.line(), counts)
+                return rows
+            summary = {"uri": self.output_uri, **counts, "rows": write_csv(self.output_uri, CSV_COLUMNS, kept)}
+        self.log.info("%s; wrote %s", progress.line(), summary)
+        return summary
+
+    def _kept(
+        self, records: Iterable[ImeiRecord], since: dt.datetime | None, progress: Progress, counts: dict[str, int]
+    ) -> Iterator[ImeiRecord]:
+        """The records to report (failures always), counting as they stream past."""
+        for record in records:
+            progress.step()
+            counts["total"] += 1
+            if record.error:
+                counts["failed"] += 1
+                self.log.warning("SIM %s: %s", record.iccid, record.error)
+                yield record
+                continue
+            counts["unknown"] += record.last_change is None
+            changed = record.changed_since(since) if since else record.last_change is not None
+            counts["changed"] += changed
+            if since is None or changed:
+                yield record
+
+
+class SendSmsOperator(BaseOperator):
+    """
+    Send one SMS to each SIM, never twice.
+
+    Everything is validated first (every ICCID, the text against the GSM 7-bit rules, data coding, origin,
+    uid); any invalid item fails the task with :class:`AirflowFailException` and nothing at all is sent.
+    Each SIM gets its own ``sms_uid``, derived from the run, task, map index and ICCID so a retry reuses it.
+
+    Each send is recorded as it happens in Airflow's task state store (write-ahead: ``pending`` before the
+    request, ``sent`` after the platform's acknowledgement). A retry of the task skips the SIMs recorded as
+    sent; for a SIM left ``pending`` (the worker died mid-send, or the outcome was unknown) it looks the uid
+    up in the platform's SMS history first and resends only when it is not there. At the end the task
+    fails, listing them, if any SIM failed or its outcome stayed unknown; Airflow's retries then finish the
+    job without duplicates.
+
+    :param iccids: one ICCID or a list. Templated.
+    :param message_text: GSM 7-bit text (at most 160 septets; ^ { } \\ [ ~ ] | € count two), or base64 for
+        ``binary`` (at most 120 bytes). Templated.
+    :param data_coding: ``default`` or ``binary``. Templated.
+    :param origin: sender number (digits); honoured on some SIM types only. Templated.
+    :param sms_uid: the message's uid (1-12 ASCII letters/digits); only allowed with a single SIM. Templated.
+    :param m2m_conn_id: the SIM Insight connection. Templated.
+    """
+
+    template_fields: Sequence[str] = ("iccids", "message_text", "data_coding", "origin", "sms_uid", "m2m_conn_id")
+    template_fields_renderers = {"message_text": "txt"}
+    ui_color = "#f3e0d8"
+
+    def __init__(
+        self,
+        *,
+        iccids: str | list[str],
+        message_text: str,
+        data_coding: str = "default",
+        origin: str | None = None,
+        sms_uid: str | None = None,
+        m2m_conn_id: str = M2mHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.iccids = iccids
+        self.message_text = message_text
+        self.data_coding = data_coding
+        self.origin = origin
+        self.sms_uid = sms_uid
+        self.m2m_conn_id = m2m_conn_id
+
+    @cached_property
+    def hook(self) -> M2mHook:
+        """The SIM Insight hook (built on first use, never at parse time)."""
+        return M2mHook(m2m_conn_id=self.m2m_conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        with bad_input_fails_task():
+            numbers = list(dict.fromkeys(iccid_rules.validate_many(self.iccids)))  # one message per SIM
+            coding = sms.validate_data_coding(self.data_coding)
+            text = sms.validate_message(self.message_text, coding)
+            origin = sms.validate_origin(self.origin) if self.origin not in (None, "") else None
+            if self.sms_uid not in (None, "") and len(numbers) > 1:
+                raise InvalidRequestError(
+                    "sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)"
+                )
+            fixed_uid = sms.validate_uid(self.sms_uid) if self.sms_uid not in (None, "") else None
+            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+        ti = context["ti"]
+        ledger = SmsLedger(context, self.log)
+        progress = Progress(self.log, "SMS sent", len(numbers))
+        rows = []
+        for number in numbers:
+            uid = fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
+            rows.append(self._send_once(number, uid, text, coding, origin, ledger))
+            progress.step()
+        self.log.info("%s", progress.line())
+        bad = [row for row in rows if row["outcome"] != "success"]
+        if bad:
+            ti.xcom_push(key="outcomes", value=rows)
+            listed = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
+            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise AirflowException(
+                f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed}{more}. "
+                "A retry resends only to these SIMs (checking the platform's SMS history first)."
+            )
+        return rows
+
+    def _send_once(
+        self, number: str, uid: str, text: str, coding: str, origin: str | None, ledger: SmsLedger
+    ) -> dict[str, Any]:
+        row = {"iccid": number, "sms_uid": uid, "outcome": "success", "error": None}
+        state = ledger.get(number)
+        if state == "sent":
+            self.log.info("SIM %s: SMS %s already sent by an earlier try; not resending", number, uid)
+            return row
+        try:
+            if state == "pending" and self.hook.find_sms(number, uid):
+                self.log.info("SIM %s: SMS %s found in the platform's history; not resending", number, uid)
+                ledger.mark_sent(number, uid)
+                return row
+            ledger.mark_pending(number, uid)
+            receipt = self.hook.send_sms(number, text, data_coding=coding, origin=origin, sms_uid=uid)
+        except AuthenticationError as exc:
+            raise AirflowFailException(str(exc)) from None
+        except OutcomeUnknownError as exc:
+            return {**row, "outcome": "unknown", "error": str(exc)}  # stays pending: settled on retry
+        except M2mProviderError as exc:
+            if state != "pending":
+                ledger.forget(number)  # refused, so certainly not sent: a retry may send it
+            return {**row, "outcome": "failed", "error": str(exc)}
+        ledger.mark_sent(number, receipt.sms_uid or uid)
+        return {**row, "sms_uid": receipt.sms_uid or uid}

@@ -1,0 +1,190 @@
+"""
+SIM Insight XML: request building, hardened response parsing and the records callers get back.
+
+Requests are built with lxml so any text is escaped correctly (a carriage return travels as ``&#13;``).
+Responses are parsed with entity resolution, DTD loading and network access off: an external entity or
+an entity bomb never expands. The failure element's name is not published, so any element whose name
+contains ``error`` or ``description`` is taken as the platform's description.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pendulum
+from lxml import etree
+
+from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, ProtocolError
+from airflow_provider_m2m.protocol import imei
+
+CONTENT_TYPE = "application/xml"
+TIMESTAMP_FORMAT = "%d/%m/%Y %H:%M:%S"
+# Descriptions that mean the account, not the request, is wrong: retrying or moving on cannot help.
+_AUTH_WORDS = ("auth", "credential", "password", "username", "permission", "api_id", "forbidden")
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
+)
+
+
+def build_request(
+    command: str, *, api_id: str, username: str, password: str, fields: Iterable[tuple[str, str | None]] = ()
+) -> bytes:
+    """
+    Serialise one SIM Insight request.
+
+    :param command: the root element, e.g. ``query_imei``.
+    :param api_id: the account's API id.
+    :param username: the API username.
+    :param password: the API password.
+    :param fields: ``(element, text)`` pairs in order; a None text leaves the element out.
+    """
+    root = etree.Element(command, version="1", api_id=api_id)
+    auth = etree.SubElement(root, "authentication")
+    etree.SubElement(auth, "username").text = username
+    etree.SubElement(auth, "password").text = password
+    for name, text in fields:
+        if text is not None:
+            etree.SubElement(root, name).text = text
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 120) -> str:
+    """A short, single-line excerpt of a response body for error messages, with ``secrets`` blanked."""
+    text = body[: limit * 4].decode("utf-8", "replace")
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> dict[str, str | None]:
+    """
+    Parse a ``{command}_response``; return its child elements' text (empty elements as None).
+
+    :raises ProtocolError: the body is empty, not XML, or not this command's response.
+    :raises AuthenticationError: ``api_outcome`` failure because of the credentials or permissions.
+    :raises M2mApiError: any other ``api_outcome`` failure, carrying the platform's description.
+    """
+    if not body.strip():
+        raise ProtocolError(f"SIM Insight {command}: empty response body")
+    try:
+        root = etree.fromstring(body, _PARSER)
+    except etree.XMLSyntaxError:
+        raise ProtocolError(
+            f"SIM Insight {command}: response is not well-formed XML: {excerpt(body, secrets)}"
+        ) from None
+    if root.tag != f"{command}_response":
+        raise ProtocolError(
+            f"SIM Insight {command}: expected <{command}_response>, got <{root.tag}>: {excerpt(body, secrets)}"
+        )
+    fields: dict[str, str | None] = {}
+    for child in root:
+        if isinstance(child.tag, str):
+            fields[child.tag] = (child.text or "").strip() or None
+    outcome = fields.get("api_outcome")
+    if outcome == "success":
+        return fields
+    if outcome != "failure":
+        raise ProtocolError(f"SIM Insight {command}: api_outcome is {outcome!r}: {excerpt(body, secrets)}")
+    description = next(
+        (text for tag, text in fields.items() if text and ("error" in tag or "description" in tag)), None
+    )
+    if description is None:
+        # No named description element: fall back to the body's text, minus the outcome itself.
+        leftover = " ".join(t for k, t in fields.items() if t and k != "api_outcome")
+        description = leftover or "no description given"
+    for secret in secrets:
+        if secret:
+            description = description.replace(secret, "***")
+    if any(word in description.lower() for word in _AUTH_WORDS):
+        raise AuthenticationError(f"SIM Insight refused the credentials: {description}")
+    raise M2mApiError(command, description)
+
+
+def parse_timestamp(text: str | None) -> pendulum.DateTime | None:
+    """``dd/mm/yyyy hh:mm:ss`` (UTC) to a pendulum DateTime; None for an empty value."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.strptime(text, TIMESTAMP_FORMAT)
+    except ValueError:
+        raise ProtocolError(f"SIM Insight timestamp {text[:30]!r} is not dd/mm/yyyy hh:mm:ss") from None
+    return pendulum.instance(value.replace(tzinfo=dt.UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class ImeiRecord:
+    """
+    What SIM Insight knows about the device a SIM sits in.
+
+    :param iccid: the SIM queried.
+    :param current_imei: the 15-digit IMEI of the device now, or None when unknown.
+    :param last_change: when the network recorded that IMEI (UTC), or None when unknown.
+    :param previous_imei: the device before, or None (never changed, or unknown).
+    :param error: why the query failed for this SIM; the other fields are None then.
+    """
+
+    iccid: str
+    current_imei: str | None = None
+    last_change: pendulum.DateTime | None = None
+    previous_imei: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        """JSON-safe dict; ``last_change`` as ISO 8601."""
+        return {
+            "iccid": self.iccid,
+            "current_imei": self.current_imei,
+            "last_change": self.last_change.isoformat() if self.last_change else None,
+            "previous_imei": self.previous_imei,
+            "error": self.error,
+        }
+
+    def changed_since(self, since: dt.datetime) -> bool:
+        """True when the IMEI is known to have changed at or after ``since``."""
+        return self.last_change is not None and self.last_change >= since
+
+
+def imei_record(iccid: str, fields: dict[str, str | None]) -> ImeiRecord:
+    """Build an :class:`ImeiRecord` from a successful ``query_imei`` response."""
+    return ImeiRecord(
+        iccid=iccid,
+        current_imei=imei.normalize(fields.get("current_imei")),
+        last_change=parse_timestamp(fields.get("last_change")),
+        previous_imei=imei.normalize(fields.get("previous_imei")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SmsReceipt:
+    """
+    The platform's acknowledgement of one SMS.
+
+    :param iccid: the SIM the message went to.
+    :param sms_uid: the message's uid (given or assigned by the platform).
+    :param outcome: ``success`` when the platform accepted the message.
+    """
+
+    iccid: str
+    sms_uid: str | None
+    outcome: str = "success"
+
+    def as_dict(self) -> dict[str, str | None]:
+        """JSON-safe dict."""
+        return {"iccid": self.iccid, "sms_uid": self.sms_uid, "outcome": self.outcome}
+
+
+def sms_history(body: bytes, secrets: Iterable[str] = ()) -> list[dict[str, str | None]]:
+    """Parse ``query_sms_mt_details``: the SIM's recent messages, newest first (empty list when none)."""
+    parse_response("query_sms_mt_details", body, secrets)  # raises on failure
+    root = etree.fromstring(body, _PARSER)
+    messages = []
+    for sms in root.iter("sms"):
+        item = {child.tag: (child.text or None) for child in sms if isinstance(child.tag, str)}
+        if any(item.values()):
+            messages.append(item)
+    return messages

@@ -1,0 +1,54 @@
+"""
+A local SIM Insight + Safaricom Daraja server for demos, tests and benchmarks.
+
+One real HTTP server on 127.0.0.1 imitates both platforms (stdlib + lxml, no Airflow):
+
+* SIM Insight: ``POST /`` (any path not under ``/oauth``, ``/imsi`` or ``/_sandbox``), XML commands
+  ``query_imei``, ``send_sms`` and ``query_sms_mt_details``.
+* Daraja: ``GET /oauth/v1/generate?grant_type=client_credentials`` and ``POST /imsi/v1/checkATI``.
+* Control API (not counted, delayed, limited or faulted): ``GET /_sandbox/stats``,
+  ``GET /_sandbox/received?command=...``, ``GET /_sandbox/info``, ``POST /_sandbox/config`` (JSON knobs),
+  ``POST /_sandbox/inject`` (JSON ``{"kind": ..., "count": ...}``), ``POST /_sandbox/clear_faults``,
+  ``POST /_sandbox/reset``, ``POST /_sandbox/revoke_tokens``.
+
+Python::
+
+    from airflow_provider_m2m.sandbox import Sandbox
+    with Sandbox(fleet=1000) as sb:          # in-process, daemon thread
+        os.environ.update(sb.conn_env())
+    with Sandbox.spawn(fleet=1000) as sb:    # subprocess, same methods over the control API
+        ...
+
+CLI: ``python -m airflow_provider_m2m.sandbox --help``.
+"""
+
+from __future__ import annotations
+
+from .fleet import EDGE_CASES, SWAP_EDGE_CASES, Fleet, SimRecord, SwapRecord, imeisv_to_imei, midnight_utc
+from .server import (
+    FAULT_KINDS,
+    SANDBOX_CREDENTIALS,
+    RemoteSandbox,
+    Sandbox,
+    SandboxHTTPServer,
+    SandboxState,
+)
+
+SandboxConfig = SandboxState  # the knobs live on the state object; kept as an alias for discoverability
+
+__all__ = [
+    "EDGE_CASES",
+    "FAULT_KINDS",
+    "SANDBOX_CREDENTIALS",
+    "SWAP_EDGE_CASES",
+    "Fleet",
+    "RemoteSandbox",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxHTTPServer",
+    "SandboxState",
+    "SimRecord",
+    "SwapRecord",
+    "imeisv_to_imei",
+    "midnight_utc",
+]

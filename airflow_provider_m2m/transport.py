@@ -1,0 +1,362 @@
+"""
+HTTP plumbing shared by both hooks; no Airflow imports.
+
+* :class:`RetryPolicy` and :class:`Attempts`: one decision procedure for retries (exponential backoff with
+  jitter, ``Retry-After`` honoured, bounded in attempts and in time) used by the synchronous and the
+  concurrent path alike.
+* :class:`RateLimiter`: a token bucket shared by every call of a task, so a task stays under the platform's
+  rate limit instead of bouncing off 429s; a 429 pauses the whole bucket for its ``Retry-After``.
+* :func:`send_sync` (requests, for single calls) and :func:`send_async` (aiohttp, for batches: about a third
+  of the client CPU per call of requests from threads), both returning a :class:`Reply` or raising
+  :class:`SendError` that says whether the request may have reached the server.
+* :func:`map_concurrently`: run a coroutine per item with bounded concurrency and yield results as they
+  complete, driving the event loop on the caller's thread (no worker threads: Airflow's in-process
+  supervisor channel is not thread-safe) with bounded buffering, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+import requests
+import urllib3.exceptions
+
+from airflow_provider_m2m.exceptions import OutcomeUnknownError, ProtocolError, TransientError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# A request that must not run twice is retried only on answers that prove it was not carried out:
+# 429 and 503 are refusals; 502 and 504 come from a gateway whose upstream may have acted.
+REFUSED_STATUSES = frozenset({429, 503})
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: status, headers (case-insensitive mapping) and the body, read in full."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked us to wait (``Retry-After`` as seconds or an HTTP date), if any."""
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+class SendError(Exception):
+    """
+    A request got no HTTP answer.
+
+    :param reason: what happened, e.g. ``connection refused`` or ``read timed out``.
+    :param reached_server: False only when the request certainly never left (connect failed).
+    """
+
+    def __init__(self, reason: str, *, reached_server: bool) -> None:
+        self.reason = reason
+        self.reached_server = reached_server
+        super().__init__(reason)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How transient failures are retried inside a hook.
+
+    :param max_attempts: attempts per call, the first included.
+    :param base_delay: the first backoff, doubled on each retry (with jitter).
+    :param max_delay: the longest single wait, ``Retry-After`` included.
+    :param max_elapsed: give up rather than start a wait that would end past this many seconds.
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_elapsed: float = 120.0
+
+    def backoff(self, retry: int) -> float:
+        """Wait before retry number ``retry`` (1-based): exponential with "equal jitter"."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Attempts:
+    """
+    The retry decisions for one logical call.
+
+    :param policy: the retry policy.
+    :param what: a secret-free description of the call for logs and errors, e.g. ``query_imei 8925...``.
+    :param log: where retries are logged (INFO, with the reason).
+    :param idempotent: False for requests that must not run twice (an SMS).
+    :param limiter: paused for ``Retry-After`` on a 429, so the task's other calls wait too.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        what: str,
+        log: logging.Logger,
+        *,
+        idempotent: bool = True,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.policy = policy
+        self.what = what
+        self.log = log
+        self.idempotent = idempotent
+        self.limiter = limiter
+        self.started = time.monotonic()
+        self.count = 1
+
+    def is_final(self, reply: Reply) -> bool:
+        """True when ``reply`` is the call's answer (not a transient status to retry)."""
+        return reply.status not in RETRYABLE_STATUSES
+
+    def wait_after(self, failure: Reply | SendError | ProtocolError) -> float:
+        """
+        Seconds to wait before the next attempt after ``failure``.
+
+        :raises OutcomeUnknownError: a non-idempotent request may have been carried out.
+        :raises TransientError: the budget is spent.
+        """
+        retry_after = None
+        if isinstance(failure, Reply):
+            reason, retry_after = f"HTTP {failure.status}", failure.retry_after
+            maybe_done = failure.status not in REFUSED_STATUSES
+        elif isinstance(failure, SendError):
+            reason, maybe_done = failure.reason, failure.reached_server
+        else:  # an answer came but could not be understood: the request did arrive
+            reason, maybe_done = str(failure), True
+        if maybe_done and not self.idempotent:
+            raise OutcomeUnknownError(f"{self.what}: {reason}; it may have been carried out")
+        if self.count >= self.policy.max_attempts:
+            raise TransientError(f"{self.what}: {reason}, gave up after {self.count} attempts")
+        wait = self.policy.backoff(self.count)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+            if self.limiter is not None and isinstance(failure, Reply) and failure.status == 429:
+                self.limiter.pause(retry_after)
+        wait = min(wait, self.policy.max_delay)
+        elapsed = time.monotonic() - self.started
+        if elapsed + wait > self.policy.max_elapsed:
+            raise TransientError(
+                f"{self.what}: {reason}, gave up after {self.count} attempts in {elapsed:.1f}s "
+                f"(the next wait of {wait:.1f}s would pass the {self.policy.max_elapsed:.0f}s budget)"
+            )
+        self.count += 1
+        self.log.info("Retrying %s in %.2fs (attempt %d): %s", self.what, wait, self.count, reason)
+        return wait
+
+
+class RateLimiter:
+    """
+    A token bucket shared by every call of a task (thread-safe); rate None or 0 means no limit.
+
+    :param rate: requests per second.
+    :param burst: how many requests may go at once after a quiet spell.
+    """
+
+    def __init__(self, rate: float | None, burst: float | None = None) -> None:
+        self.rate = rate or 0.0
+        self.burst = burst if burst is not None else max(1.0, self.rate / 10)
+        self._lock = threading.Lock()
+        self._next_free = time.monotonic()  # when the bucket is next empty enough ("virtual time")
+        self._paused_until = 0.0
+
+    def reserve(self) -> float:
+        """Take a slot; return how many seconds the caller must wait before sending."""
+        now = time.monotonic()
+        with self._lock:
+            start = max(now, self._paused_until)
+            if not self.rate:
+                return start - now
+            # Generic cell rate algorithm: each request moves the "theoretical arrival time" by 1/rate.
+            earliest = max(start, self._next_free - (self.burst - 1) / self.rate)
+            self._next_free = max(self._next_free, start) + 1 / self.rate
+            return earliest - now
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` from now (the platform said so with a 429)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+def _read_bounded(chunks: Iterable[bytes], deadline: float) -> bytes:
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ProtocolError(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+        if time.monotonic() > deadline:
+            raise SendError("the response did not finish within the timeout", reached_server=True)
+    return bytes(body)
+
+
+def _never_left(exc: BaseException) -> bool:
+    """True when a requests/urllib3 error shows the connection was never made."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
+            return True
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, BaseException) and reason is not seen:
+            seen = reason
+            continue
+        args = getattr(seen, "args", ())
+        seen = args[0] if args and isinstance(args[0], BaseException) else seen.__cause__ or seen.__context__
+    return False
+
+
+def send_sync(session: requests.Session, method: str, url: str, *, timeout: float, **kwargs: object) -> Reply:
+    """
+    Send one request with ``session``; read at most ``MAX_BODY_BYTES`` within ``timeout`` seconds.
+
+    :raises SendError: no HTTP answer (``reached_server`` says whether the request may have arrived).
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        with session.request(method, url, timeout=timeout, stream=True, **kwargs) as resp:  # type: ignore[arg-type]
+            body = _read_bounded(resp.iter_content(65536), deadline)
+            return Reply(resp.status_code, resp.headers, body)
+    except requests.exceptions.ConnectTimeout:
+        raise SendError("connect timed out", reached_server=False) from None
+    except requests.exceptions.ReadTimeout:
+        raise SendError("read timed out", reached_server=True) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        if _never_left(exc):
+            raise SendError("connection failed", reached_server=False) from None
+        raise SendError("connection dropped before the answer", reached_server=True) from None
+
+
+async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kwargs: object) -> Reply:
+    """The aiohttp twin of :func:`send_sync` (timeouts come from the session)."""
+    try:
+        async with session.request(method, url, **kwargs) as resp:  # type: ignore[arg-type]
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise ProtocolError(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+            return Reply(resp.status, resp.headers, bytes(body))
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        raise SendError("connection failed", reached_server=False) from None
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise SendError("read timed out", reached_server=True) from None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+        raise SendError("connection dropped before the answer", reached_server=True) from None
+
+
+def call_sync(
+    attempts: Attempts, send: Callable[[], Reply], interpret: Callable[[Reply], R], limiter: RateLimiter
+) -> R:
+    """
+    Send until ``interpret`` accepts a final reply, sleeping as ``attempts`` decides.
+
+    ``interpret`` turns the reply into the caller's result; its :class:`ProtocolError` (an answer that
+    cannot be understood) counts as a transient failure. ``limiter`` is honoured before each send.
+    """
+    while True:
+        time.sleep(max(0.0, limiter.reserve()))
+        try:
+            reply = send()
+            if attempts.is_final(reply):
+                return interpret(reply)
+            failure: Reply | SendError | ProtocolError = reply
+        except (SendError, ProtocolError) as exc:
+            failure = exc
+        time.sleep(attempts.wait_after(failure))
+
+
+async def call_async(
+    attempts: Attempts, send: Callable[[], Awaitable[Reply]], interpret: Callable[[Reply], R], limiter: RateLimiter
+) -> R:
+    """The asyncio twin of :func:`call_sync`."""
+    while True:
+        wait = limiter.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            reply = await send()
+            if attempts.is_final(reply):
+                return interpret(reply)
+            failure: Reply | SendError | ProtocolError = reply
+        except (SendError, ProtocolError) as exc:
+            failure = exc
+        await asyncio.sleep(attempts.wait_after(failure))
+
+
+_DONE = object()
+
+
+def map_concurrently(
+    items: Iterable[T],
+    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
+    *,
+    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
+    max_workers: int,
+) -> Iterator[R]:
+    """
+    Yield ``await work(session, item)`` for every item, at most ``max_workers`` at a time, as they complete.
+
+    The event loop runs on the caller's thread while it waits for the next result, so no code runs in
+    other threads. Items are pulled lazily and results are buffered at most ``2 * max_workers`` deep:
+    memory does not grow with the number of items. An exception from ``work`` stops the batch and is
+    raised here; closing the iterator early cancels what is in flight.
+    """
+    loop = asyncio.new_event_loop()
+    results: asyncio.Queue = asyncio.Queue(maxsize=2 * max_workers)
+    pending = iter(items)
+
+    async def worker(client: aiohttp.ClientSession) -> None:
+        for item in pending:  # shared iterator: safe, everything runs on one thread
+            await results.put(await work(client, item))
+
+    async def run_all() -> None:
+        try:
+            async with session() as client, asyncio.TaskGroup() as group:
+                for _ in range(max_workers):
+                    group.create_task(worker(client))
+        finally:
+            await results.put(_DONE)
+
+    runner = loop.create_task(run_all())
+    try:
+        while (result := loop.run_until_complete(results.get())) is not _DONE:
+            yield result
+        try:
+            loop.run_until_complete(runner)
+        except BaseExceptionGroup as group:  # the first error from work(), as the caller expects
+            raise group.exceptions[0] from None
+    finally:
+        if not runner.done():
+            runner.cancel()
+            loop.run_until_complete(asyncio.gather(runner, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
