@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import Any, TypeVar
 
 from airflow.sdk import ObjectStoragePath
@@ -59,3 +62,18 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def report_folder(base_uri: str | None, *parts: object) -> str:
+    """
+    The URI of a report folder: ``base_uri`` (default ``reports/`` under the Airflow home) plus ``parts``,
+    each made safe for any object store (run ids carry ``:`` and ``+``).
+
+    :param base_uri: where reports go, or None for the default.
+    :param parts: sub-folders, e.g. the DAG id and the run id.
+    """
+    if not base_uri:
+        home = Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
+        base_uri = (home / "reports").as_uri()
+    safe = [re.sub(r"[^A-Za-z0-9._-]", "_", str(part)) for part in parts]
+    return "/".join([base_uri.rstrip("/"), *safe])

@@ -259,6 +259,8 @@ async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kw
     """The aiohttp twin of :func:`send_sync` (timeouts come from the session)."""
     try:
         async with session.request(method, url, **kwargs) as resp:  # type: ignore[arg-type]
+            if resp.content_length is not None and resp.content_length <= MAX_BODY_BYTES:
+                return Reply(resp.status, resp.headers, await resp.read())  # the common, cheap case
             body = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 body += chunk
@@ -348,8 +350,15 @@ def map_concurrently(
 
     runner = loop.create_task(run_all())
     try:
-        while (result := loop.run_until_complete(results.get())) is not _DONE:
-            yield result
+        finished = False
+        while not finished:
+            ready = [loop.run_until_complete(results.get())]
+            while not results.empty():  # take what else is ready without another turn of the loop
+                ready.append(results.get_nowait())
+            if ready[-1] is _DONE:
+                finished = True
+                ready.pop()
+            yield from ready
         try:
             loop.run_until_complete(runner)
         except BaseExceptionGroup as group:  # the first error from work(), as the caller expects

@@ -29,8 +29,9 @@ os.environ.update(
 )
 (_HOME / "dags").mkdir()
 
-# The fleet's "last day" ends here: fixed, so expected changes are known exactly.
-ANCHOR = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+# The fleet's "last day" ends at today's midnight (UTC), so "swapped N days ago" stays true whatever the
+# date; tests take the expected changes from the sandbox fleet, never from hard-coded times.
+ANCHOR = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 # Distinctive secrets: the secret-leak checks search every captured output for these.
 M2M_PASSWORD = "pw-Zq8#LEAKCHECK-m2m"
@@ -99,6 +100,6 @@ def load_dag(folder: Path, source: str | Path, dag_id: str, name: str | None = N
         shutil.copy(source, target)
     else:
         target.write_text(source)
-    bag = DagBag(dag_folder=str(target), include_examples=False)
+    bag = DagBag(dag_folder=str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)

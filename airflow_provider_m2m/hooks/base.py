@@ -169,8 +169,8 @@ class PlatformHook(BaseHook):
         max_workers: int | None = None,
     ) -> Iterator[R]:
         """Run ``work`` for every item with at most ``max_workers`` in flight; yield results as they come."""
-        workers = max_workers or DEFAULT_MAX_WORKERS
-        if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS_LIMIT:
+        workers = DEFAULT_MAX_WORKERS if max_workers is None else max_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS_LIMIT:
             raise InvalidRequestError("max_workers", f"must be an integer from 1 to {MAX_WORKERS_LIMIT}")
         self.connection  # noqa: B018  - fetch the connection and mask its secret on this thread first
 
@@ -180,7 +180,7 @@ class PlatformHook(BaseHook):
             connector = aiohttp.TCPConnector(limit=workers, ssl=None if self.verify else False)
             timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
             async with aiohttp.ClientSession(
-                connector=connector, timeout=timeout, trust_env=True, raise_for_status=False
+                connector=connector, timeout=timeout, trust_env=False, raise_for_status=False
             ) as client:
                 yield client
 

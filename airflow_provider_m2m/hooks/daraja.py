@@ -2,16 +2,86 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from airflow.sdk.log import mask_secret
+
+from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
 from airflow_provider_m2m.hooks.base import PlatformHook
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.protocol import daraja
+from airflow_provider_m2m.protocol import msisdn as msisdn_rules
+from airflow_provider_m2m.protocol.daraja import SimSwapRecord
+from airflow_provider_m2m.transport import Reply, RetryPolicy
+
+__all__ = ["DarajaHook", "SimSwapRecord", "clear_token_cache"]
+
+R = TypeVar("R")
+
+TOKEN_PATH = "/oauth/v1/generate"
+CHECK_PATH = "/imsi/v1/checkATI"
+# Renew a cached token when less than this much of its life remains (the smaller of the two).
+RENEW_BEFORE_SECONDS = 60.0
+RENEW_BEFORE_FRACTION = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    expires_at: float  # time.monotonic()
+    lifetime: float
+
+    def fresh(self) -> bool:
+        margin = min(RENEW_BEFORE_SECONDS, RENEW_BEFORE_FRACTION * self.lifetime)
+        return self.expires_at - time.monotonic() > margin
+
+
+# One token per (base URL, consumer key, secret digest) for the whole process; fetched under the lock,
+# read without it (a dict lookup is atomic), so many threads needing a token cause one fetch.
+_TOKENS: dict[tuple[str, str, str], _Token] = {}
+_TOKEN_LOCK = threading.Lock()
+
+
+def clear_token_cache() -> None:
+    """Forget every cached access token (tests, or after rotating a consumer secret)."""
+    with _TOKEN_LOCK:
+        _TOKENS.clear()
+
+
+class _TokenRejected(Exception):
+    """Daraja refused the access token (HTTP 401 or an invalid-token error code); private."""
+
+    def __init__(self, status: int, error_code: str | None) -> None:
+        self.status = status
+        self.error_code = error_code
+        super().__init__(f"HTTP {status} {error_code or '-'}")
 
 
 class DarajaHook(PlatformHook):
     """
-    Talk to Safaricom Daraja's IMSI / SIM-swap check.
+    Talk to Safaricom Daraja's IMSI / SIM-swap check (``POST /imsi/v1/checkATI``).
+
+    The connection's host is the environment's base URL (``https://sandbox.safaricom.co.ke`` or
+    ``https://api.safaricom.co.ke``), login and password are the app's consumer key and secret, extras
+    ``timeout`` (s), ``verify`` (TLS) and ``max_requests_per_second``. The OAuth access token is cached per
+    connection in the process until shortly before it expires and registered with the secret masker.
+    Every check costs money on the real service: a batch never checks the same number twice.
+
+    .. code-block:: python
+
+        hook = DarajaHook(daraja_conn_id="daraja_default")
+        record = hook.check_sim_swap("0722000000")
+        for record in hook.check_sim_swaps(numbers, max_workers=8): ...
 
     :param daraja_conn_id: the Airflow connection id (conn type ``daraja``).
-    :param retry_policy: how transient failures are retried.
+    :param retry_policy: how transient failures are retried (:class:`~airflow_provider_m2m.transport.RetryPolicy`).
     """
 
     conn_name_attr = "daraja_conn_id"
@@ -22,3 +92,192 @@ class DarajaHook(PlatformHook):
     def __init__(self, daraja_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None) -> None:
         super().__init__(daraja_conn_id, retry_policy=retry_policy)
         self.daraja_conn_id = daraja_conn_id
+
+    # ------------------------------------------------------------------ token
+    def _cache_key(self) -> tuple[str, str, str]:
+        conn = self.connection
+        digest = hashlib.sha256((conn.password or "").encode()).hexdigest()
+        return self.base_url, conn.login or "", digest
+
+    def _interpret_token(self, reply: Reply) -> tuple[str, float]:
+        if reply.status in (400, 401, 403):
+            # The real service answers bad credentials with HTTP 400 and an empty body.
+            raise AuthenticationError(
+                f"Connection {self.conn_id!r}: Daraja refused the consumer key/secret (HTTP {reply.status})"
+            )
+        if reply.status != 200:
+            error = daraja.parse_error(reply.body, reply.status)
+            raise AuthenticationError(f"Connection {self.conn_id!r}: no Daraja access token: {error}")
+        return daraja.parse_token(reply.body)
+
+    def _fetch_token(self) -> _Token:
+        conn = self.connection
+        token, lifetime = self.request(
+            "GET",
+            f"{self.base_url}{TOKEN_PATH}",
+            self._interpret_token,
+            what=f"Daraja token for connection {self.conn_id!r}",
+            params={"grant_type": "client_credentials"},
+            auth=(conn.login or "", conn.password or ""),
+            headers={"Accept": "application/json"},
+        )
+        mask_secret(token)
+        self.log.info("Fetched a Daraja access token for connection %r (valid for %.0fs)", self.conn_id, lifetime)
+        return _Token(token, time.monotonic() + lifetime, lifetime)
+
+    def _token(self, rejected: str | None = None) -> str:
+        """The cached token, fetched when missing or near expiry, or replaced when it is ``rejected``."""
+        key = self._cache_key()
+        entry = _TOKENS.get(key)
+        if entry is not None and entry.fresh() and entry.value != rejected:
+            return entry.value
+        with _TOKEN_LOCK:
+            entry = _TOKENS.get(key)  # another thread may have fetched it (or already replaced `rejected`)
+            if entry is not None and entry.fresh() and entry.value != rejected:
+                return entry.value
+            _TOKENS.pop(key, None)
+            entry = self._fetch_token()
+            _TOKENS[key] = entry
+            return entry.value
+
+    def get_access_token(self) -> str:
+        """
+        Return a valid OAuth access token, cached per connection until shortly before it expires.
+
+        Thread-safe: concurrent callers trigger one fetch. The token is registered with the secret masker.
+
+        :raises AuthenticationError: Daraja refused the consumer key/secret (not retried).
+        """
+        return self._token()
+
+    # ------------------------------------------------------------------ check
+    def _interpret_check(self, number: str) -> Callable[[Reply], SimSwapRecord]:
+        def interpret(reply: Reply) -> SimSwapRecord:
+            if reply.status == 200:
+                try:
+                    return daraja.parse_check(reply.body, number)
+                except M2mProviderError as exc:
+                    code = getattr(exc, "error_code", None)
+                    if code in daraja.INVALID_TOKEN_CODES:
+                        raise _TokenRejected(reply.status, code) from None
+                    raise
+            error = daraja.parse_error(reply.body, reply.status)
+            if reply.status == 401 or error.error_code in daraja.INVALID_TOKEN_CODES:
+                raise _TokenRejected(reply.status, error.error_code)
+            raise error
+
+        return interpret
+
+    def _check_request(self, number: str, token: str) -> dict[str, Any]:
+        # The bearer header goes only into the request; it is never logged or put in an error.
+        return {
+            "data": json.dumps({"customerNumber": number}),
+            "headers": {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        }
+
+    def _with_token(self, call: Callable[[str], R]) -> R:
+        token = self._token()
+        try:
+            return call(token)
+        except _TokenRejected:
+            self.log.debug("Daraja refused the access token of connection %r; renewing it", self.conn_id)
+            token = self._token(rejected=token)
+        try:
+            return call(token)
+        except _TokenRejected as exc:
+            raise self._rejected_twice(exc) from None
+
+    async def _awith_token(self, call: Callable[[str], Awaitable[R]]) -> R:
+        token = self._token()
+        try:
+            return await call(token)
+        except _TokenRejected:
+            self.log.debug("Daraja refused the access token of connection %r; renewing it", self.conn_id)
+            # Synchronous on purpose: the event loop runs on the caller's thread, so this briefly blocks
+            # the batch (one token fetch) but keeps mask_secret on the main thread, and the lock plus the
+            # `rejected` check make the other workers that saw the same 401 reuse the new token.
+            token = self._token(rejected=token)
+        try:
+            return await call(token)
+        except _TokenRejected as exc:
+            raise self._rejected_twice(exc) from None
+
+    def _rejected_twice(self, exc: _TokenRejected) -> AuthenticationError:
+        return AuthenticationError(
+            f"Connection {self.conn_id!r}: Daraja refused a freshly issued access token "
+            f"(HTTP {exc.status} {exc.error_code or '-'}); is the IMSI API enabled for this app?"
+        )
+
+    def check_sim_swap(self, msisdn: str) -> SimSwapRecord:
+        """
+        Ask Daraja when the number's SIM was last swapped (within the last 3 months) and when it was registered.
+
+        A refused access token (HTTP 401 or ``404.001.03``) is replaced once and the check retried once;
+        429/502/503/504 and network errors are retried with backoff honouring ``Retry-After``.
+
+        :param msisdn: ``0722000000``, ``+254722000000`` or ``254722000000``.
+        :raises InvalidRequestError: not a Kenyan mobile number (nothing sent).
+        :raises DarajaApiError: Daraja answered an error, e.g. ``404.001.01`` for an unknown number.
+        :raises AuthenticationError: the consumer key/secret or a fresh token was refused.
+        """
+        number = msisdn_rules.validate(msisdn)
+        url = f"{self.base_url}{CHECK_PATH}"
+        interpret = self._interpret_check(number)
+        what = f"checkATI {msisdn_rules.masked(number)}"
+        return self._with_token(
+            lambda token: self.request("POST", url, interpret, what=what, **self._check_request(number, token))
+        )
+
+    def check_sim_swaps(self, msisdns: Iterable[str] | str, max_workers: int | None = None) -> Iterator[SimSwapRecord]:
+        """
+        Check many numbers with bounded concurrency; yield one record per input, as they complete.
+
+        Every number is validated before anything is sent. Each distinct number is checked once (a check
+        costs money); duplicates in the input get the same record. A number whose check failed (Daraja
+        error, transient failure past the retry budget, unreadable answer) comes back with ``.error`` set
+        and its other fields None; an authentication failure stops the whole batch.
+
+        :param msisdns: one number (a string, never split) or any iterable of numbers.
+        :param max_workers: checks in flight at once (default 16).
+        """
+        if isinstance(msisdns, Iterable) and not isinstance(msisdns, (str, list, tuple, bytes, Mapping)):
+            msisdns = list(msisdns)  # a generator, a set, or Airflow's lazy XCom sequence
+        numbers = msisdn_rules.validate_many(msisdns)
+        counts = Counter(numbers)
+        return self._check_distinct(list(counts), counts, max_workers)
+
+    def _check_distinct(
+        self, distinct: list[str], counts: Counter[str], max_workers: int | None
+    ) -> Iterator[SimSwapRecord]:
+        url = f"{self.base_url}{CHECK_PATH}"
+        self.get_access_token()  # on this thread, before the loop: a bad secret stops the batch here
+
+        async def check(client: aiohttp.ClientSession, number: str) -> SimSwapRecord:
+            interpret = self._interpret_check(number)
+            what = f"checkATI {msisdn_rules.masked(number)}"
+            try:
+                return await self._awith_token(
+                    lambda token: self.arequest(
+                        client, "POST", url, interpret, what=what, **self._check_request(number, token)
+                    )
+                )
+            except AuthenticationError:
+                raise
+            except M2mProviderError as exc:
+                return SimSwapRecord(msisdn=number, error=str(exc))
+
+        for record in self.map_concurrently(distinct, check, max_workers):
+            for _ in range(counts[record.msisdn]):
+                yield record
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the consumer key/secret by fetching an access token."""
+        try:
+            self.get_access_token()
+        except (M2mProviderError, ValueError) as exc:
+            return False, str(exc)
+        return True, f"Connection {self.conn_id!r}: Daraja issued an access token"

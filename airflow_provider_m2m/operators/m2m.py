@@ -28,6 +28,9 @@ from airflow_provider_m2m.protocol import sms
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+# Stands in for a carriage return while a template renders (a private-use character, never valid GSM-7).
+_CR = "\ue000"
+
 #: Columns of the CSV that :class:`QueryImeiOperator` writes to ``output_uri``.
 CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
 
@@ -121,7 +124,8 @@ class QueryImeiOperator(BaseOperator):
                 rows = list(kept)
                 self.log.info("%s; %s", progress.line(), counts)
                 return rows
-            summary = {"uri": self.output_uri, **counts, "rows": write_csv(self.output_uri, CSV_COLUMNS, kept)}
+            written = write_csv(self.output_uri, CSV_COLUMNS, kept)  # first: it fills ``counts`` as it streams
+            summary = {"uri": self.output_uri, **counts, "rows": written}
         self.log.info("%s; wrote %s", progress.line(), summary)
         return summary
 
@@ -195,6 +199,13 @@ class SendSmsOperator(BaseOperator):
     def hook(self) -> M2mHook:
         """The SIM Insight hook (built on first use, never at parse time)."""
         return M2mHook(m2m_conn_id=self.m2m_conn_id)
+
+    def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
+        """Render as Airflow does, but keep carriage returns: Jinja turns every ``\\r\\n`` and ``\\r`` into ``\\n``."""
+        if not (isinstance(content, str) and "\r" in content):
+            return super().render_template(content, context, jinja_env, seen_oids)
+        rendered = super().render_template(content.replace("\r", _CR), context, jinja_env, seen_oids)
+        return rendered.replace(_CR, "\r") if isinstance(rendered, str) else rendered
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with bad_input_fails_task():

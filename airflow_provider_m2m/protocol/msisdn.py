@@ -1,0 +1,68 @@
+"""
+MSISDN: a Kenyan mobile number as Daraja wants it, 12 digits ``254`` + ``1`` or ``7`` + 8 digits.
+
+Users write numbers in the local form (``0722000000``), the international form (``+254722000000``) or
+Daraja's own form (``254722000000``), often with spaces or dashes; all become ``254722000000``.
+phonenumbers (region KE) does the parsing. Its validity metadata is not used: Safaricom opens new
+ranges (``011x``, ...) faster than the metadata follows, so any ``254[17]`` number of the right length
+is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.protocol._text import as_text, shown
+
+COUNTRY_CODE = 254
+_NATIONAL = re.compile(r"[17][0-9]{8}")
+# What people type around the digits; letters (vanity numbers) and anything else are refused.
+_ALLOWED = re.compile(r"\+?[0-9 ()./-]+")
+RULE = "a Kenyan mobile number: 07XXXXXXXX, 01XXXXXXXX, +2547XXXXXXXX or 2547XXXXXXXX"
+
+
+def validate(value: object, field: str = "msisdn") -> str:
+    """
+    Return the 12-digit MSISDN (``2547XXXXXXXX`` / ``2541XXXXXXXX``) or raise :class:`InvalidRequestError`.
+
+    :param value: the number as given by the user.
+    :param field: the field name to report in errors.
+    """
+    text = as_text(value, field)
+    if not text or not _ALLOWED.fullmatch(text):
+        raise InvalidRequestError(field, f"must be {RULE}", shown(text))
+    compact = re.sub(r"[ ()./-]", "", text)
+    if compact.startswith(str(COUNTRY_CODE)) and len(compact) == 12:
+        compact = "+" + compact  # Daraja's own form: without "+", phonenumbers would read it as national
+    try:
+        number = phonenumbers.parse(compact, "KE")
+    except phonenumbers.NumberParseException:
+        raise InvalidRequestError(field, f"must be {RULE}", shown(text)) from None
+    national = str(number.national_number)
+    if number.country_code != COUNTRY_CODE or not _NATIONAL.fullmatch(national) or number.extension:
+        raise InvalidRequestError(field, f"must be {RULE}", shown(text))
+    return f"{COUNTRY_CODE}{national}"
+
+
+def validate_many(values: object, field: str = "msisdns") -> list[str]:
+    """
+    Validate a string (one MSISDN, never split on commas) or a list/tuple of them; errors name the position.
+
+    :param values: one MSISDN or a list/tuple of them.
+    :param field: the field name to report in errors.
+    """
+    if isinstance(values, str):
+        return [validate(values, field=field)]
+    if isinstance(values, (list, tuple)):
+        if not values:
+            raise InvalidRequestError(field, "at least one MSISDN is required")
+        return [validate(v, field=f"{field}[{i}]") for i, v in enumerate(values)]
+    raise InvalidRequestError(field, f"must be a string or a list of strings, not {type(values).__name__}")
+
+
+def masked(msisdn: str) -> str:
+    """The number with all but its last 4 digits hidden, e.g. ``*******0000``."""
+    return "*******" + msisdn[-4:]
