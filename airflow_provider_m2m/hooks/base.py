@@ -179,8 +179,12 @@ class PlatformHook(BaseHook):
             # The connection pool matches the concurrency: every worker keeps one keep-alive connection.
             connector = aiohttp.TCPConnector(limit=workers, ssl=None if self.verify else False)
             timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
+            # Proxy settings come from the environment like requests does, looked up once per batch
+            # (aiohttp's trust_env repeats that lookup in a thread for every request).
+            proxies = requests.utils.get_environ_proxies(self.base_url)
+            proxy = proxies.get(self.base_url.split(":", 1)[0]) or proxies.get("all")
             async with aiohttp.ClientSession(
-                connector=connector, timeout=timeout, trust_env=False, raise_for_status=False
+                connector=connector, timeout=timeout, proxy=proxy, trust_env=False, raise_for_status=False
             ) as client:
                 yield client
 
