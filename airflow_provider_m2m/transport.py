@@ -30,6 +30,7 @@ from typing import TypeVar
 import aiohttp
 import requests
 import urllib3.exceptions
+import urllib3.response
 
 from airflow_provider_m2m.exceptions import OutcomeUnknownError, ProtocolError, TransientError
 
@@ -180,12 +181,15 @@ class RateLimiter:
     A token bucket shared by every call of a task (thread-safe); rate None or 0 means no limit.
 
     :param rate: requests per second.
-    :param burst: how many requests may go at once after a quiet spell.
+    :param burst: how many requests may go at once after a quiet spell (default 1: evenly spaced). A
+        burst spends the platform's own burst allowance, leaving none for network jitter to bunch
+        requests up on arrival, and every 429 then pauses the whole task for its ``Retry-After``;
+        even spacing costs nothing in sustained throughput.
     """
 
     def __init__(self, rate: float | None, burst: float | None = None) -> None:
         self.rate = rate or 0.0
-        self.burst = burst if burst is not None else max(1.0, self.rate / 10)
+        self.burst = max(1.0, burst) if burst is not None else 1.0
         self._lock = threading.Lock()
         self._next_free = time.monotonic()  # when the bucket is next empty enough ("virtual time")
         self._paused_until = 0.0
@@ -219,6 +223,16 @@ def _read_bounded(chunks: Iterable[bytes], deadline: float) -> bytes:
     return bytes(body)
 
 
+def _arriving(raw: urllib3.response.BaseHTTPResponse, size: int = 65536) -> Iterator[bytes]:
+    """
+    Yield the body as it arrives: ``read1`` returns what is there instead of waiting to fill ``size``, so
+    a server that trickles a byte at a time cannot hold a read open past the deadline (``iter_content``
+    waits for a full chunk, and the socket timeout restarts with every byte).
+    """
+    while chunk := raw.read1(size, decode_content=True):
+        yield chunk
+
+
 def _never_left(exc: BaseException) -> bool:
     """True when a requests/urllib3 error shows the connection was never made."""
     seen: BaseException | None = exc
@@ -243,12 +257,16 @@ def send_sync(session: requests.Session, method: str, url: str, *, timeout: floa
     deadline = time.monotonic() + timeout
     try:
         with session.request(method, url, timeout=timeout, stream=True, **kwargs) as resp:  # type: ignore[arg-type]
-            body = _read_bounded(resp.iter_content(65536), deadline)
+            body = _read_bounded(_arriving(resp.raw), deadline)
             return Reply(resp.status_code, resp.headers, body)
     except requests.exceptions.ConnectTimeout:
         raise SendError("connect timed out", reached_server=False) from None
-    except requests.exceptions.ReadTimeout:
+    except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
         raise SendError("read timed out", reached_server=True) from None
+    except urllib3.exceptions.DecodeError:
+        raise ProtocolError("the response body could not be decoded (Content-Encoding)") from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:  # the body broke off
+        raise SendError("connection dropped before the answer", reached_server=True) from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
         if _never_left(exc):
             raise SendError("connection failed", reached_server=False) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from stdnum import luhn
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.protocol._text import as_text, shown
+from airflow_provider_m2m.protocol._text import as_text, shown, validate_each
 
 MIN_LENGTH = 18
 MAX_LENGTH = 22
@@ -38,16 +38,5 @@ def validate(value: object, *, check_luhn: bool = False, field: str = "iccid") -
 
 
 def validate_many(values: object, *, field: str = "iccids") -> list[str]:
-    """
-    Validate a string (one ICCID) or a sequence of ICCIDs; errors name the item's position.
-
-    :param values: one ICCID or a list/tuple of them.
-    :param field: the field name to report in errors.
-    """
-    if isinstance(values, str):
-        return [validate(values, field=field)]
-    if isinstance(values, (list, tuple)):
-        if not values:
-            raise InvalidRequestError(field, "at least one ICCID is required")
-        return [validate(v, field=f"{field}[{i}]") for i, v in enumerate(values)]
-    raise InvalidRequestError(field, f"must be a string or a list of strings, not {type(values).__name__}")
+    """Validate one ICCID (a plain string, never split on commas) or a list of them; errors name the position."""
+    return validate_each(values, validate, field, "ICCID")

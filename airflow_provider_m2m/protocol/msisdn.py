@@ -15,7 +15,7 @@ import re
 import phonenumbers
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.protocol._text import as_text, shown
+from airflow_provider_m2m.protocol._text import as_text, shown, validate_each
 
 COUNTRY_CODE = 254
 _NATIONAL = re.compile(r"[17][0-9]{8}")
@@ -48,19 +48,8 @@ def validate(value: object, field: str = "msisdn") -> str:
 
 
 def validate_many(values: object, field: str = "msisdns") -> list[str]:
-    """
-    Validate a string (one MSISDN, never split on commas) or a list/tuple of them; errors name the position.
-
-    :param values: one MSISDN or a list/tuple of them.
-    :param field: the field name to report in errors.
-    """
-    if isinstance(values, str):
-        return [validate(values, field=field)]
-    if isinstance(values, (list, tuple)):
-        if not values:
-            raise InvalidRequestError(field, "at least one MSISDN is required")
-        return [validate(v, field=f"{field}[{i}]") for i, v in enumerate(values)]
-    raise InvalidRequestError(field, f"must be a string or a list of strings, not {type(values).__name__}")
+    """Validate one MSISDN (a plain string, never split on commas) or a list of them; errors name the position."""
+    return validate_each(values, validate, field, "MSISDN")
 
 
 def masked(msisdn: str) -> str:
