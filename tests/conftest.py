@@ -103,3 +103,79 @@ def load_dag(folder: Path, source: str | Path, dag_id: str, name: str | None = N
     bag = DagBag(dag_folder=str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)
+
+
+# ---------------------------------------------------------------------- secret-leak guard (issue 7)
+# After every test: none of SECRETS (nor any Daraja access token the session sandbox issued) may appear in
+# captured logs or in captured stdout/stderr. At the end of the session: nor in the Airflow home's task
+# logs, the XCom table, the rendered-template table or the task state store of the session DB.
+# A test that must handle a secret in its own output opts out with ``@pytest.mark.handles_secrets``.
+
+
+def _leaked(texts, secrets) -> list[str]:
+    return sorted({secret for secret in secrets for text in texts if secret and text and secret in text})
+
+
+_ISSUED_TOKENS: set[str] = set()  # every token seen by the per-test check, for the session-end scan
+
+
+def _issued_tokens(request) -> list[str]:
+    if "sandbox" not in request.fixturenames:
+        return []
+    sandbox = request.getfixturevalue("sandbox")
+    tokens = sandbox.issued_tokens() if hasattr(sandbox, "issued_tokens") else []
+    _ISSUED_TOKENS.update(tokens)
+    return tokens
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_output(request, caplog):
+    """Fail the test if a secret shows up in caplog or in captured stdout/stderr (structlog writes there)."""
+    if request.node.get_closest_marker("handles_secrets"):
+        yield
+        return
+    # capsys and capfd cannot be combined: use whichever the test already asks for, else capfd.
+    name = "capsys" if "capsys" in request.fixturenames else "capfd"
+    capture = request.getfixturevalue(name)
+    yield
+    out, err = capture.readouterr()
+    if name == "capfd" and (out or err) and request.config.getoption("capture") != "no":
+        import sys
+
+        with capture.disabled():  # give the output back, as if it had not been captured here
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+    secrets = (*SECRETS, *_issued_tokens(request))
+    leaked = _leaked((caplog.text, out, err), secrets)
+    assert not leaked, f"secret(s) leaked into captured logs/output: {[s[:6] + '...' for s in leaked]}"
+
+
+def _scan_airflow_home_for_secrets(home: Path, secrets) -> list[str]:
+    import sqlite3
+
+    found = []
+    logs = home / "logs"
+    if logs.is_dir():
+        for path in logs.rglob("*"):
+            if path.is_file():
+                text = path.read_text("utf-8", "replace")
+                found += [f"{path.relative_to(home)}: {s[:6]}..." for s in _leaked((text,), secrets)]
+    db_file = home / "airflow.db"
+    if db_file.exists():
+        with sqlite3.connect(db_file) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for table in ("xcom", "rendered_task_instance_fields", "task_state_store"):
+                if table not in tables:
+                    continue
+                for row in db.execute(f"SELECT * FROM {table}"):
+                    text = " ".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row)
+                    found += [f"table {table}: {s[:6]}..." for s in _leaked((text,), secrets)]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_airflow_home():
+    """At the end of the session, scan task logs, XCom, rendered templates and the state store for secrets."""
+    yield
+    found = _scan_airflow_home_for_secrets(_HOME, (*SECRETS, *_ISSUED_TOKENS))
+    assert not found, f"secrets found in the Airflow home after the session: {found[:20]}"

@@ -150,6 +150,7 @@ class SandboxState:
         self.creds = {**SANDBOX_CREDENTIALS, **{k: str(v) for k, v in credentials.items()}}
         self._defaults = {"latency": latency, "rate_limit": rate_limit, "token_ttl": token_ttl, "seed": seed}
         self.tokens: dict[str, float] = {}
+        self.issued: list[str] = []  # every access token ever issued (kept across reset/revoke), for leak checks
         self._apply_defaults()
         self._clear()
 
@@ -353,6 +354,7 @@ class SandboxState:
         with self.lock:
             ttl = self.token_ttl
             self.tokens[token] = time.monotonic() + ttl
+            self.issued.append(token)
             self.c_tokens += 1
         return token, str(int(ttl))
 
@@ -831,6 +833,12 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.url = f"http://{host}:{port}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up (a batch closed early, a timed-out call) is normal: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 # ---------------------------------------------------------------------- Python API
 def _conn_env(url: str, creds: dict[str, str], timeout: float) -> dict[str, str]:
@@ -1006,6 +1014,11 @@ class Sandbox:
         ``imei_queries_per_iccid``, ``checks_per_msisdn``.
         """
         return self.state.stats()
+
+    def issued_tokens(self) -> list[str]:
+        """Every Daraja access token this sandbox has issued since it started (read-only copy), for leak checks."""
+        with self.state.lock:
+            return list(self.state.issued)
 
     def received(self, command: str | None = None) -> list[dict[str, Any]]:
         """

@@ -1,0 +1,161 @@
+"""
+Suite 2, crash-resume: a worker SIGKILLed part-way, then retried by Airflow, sends no SMS twice and
+leaves no duplicate report rows.
+
+The DAG runs in a subprocess with ``dag.test(use_executor=True)``: the LocalExecutor forks a supervisor
+per task, which forks the task process; Airflow 3.3's execution API (which also serves the task state
+store the SMS ledger uses) runs in a thread of that subprocess, as ``airflow api-server`` would. The test
+process hosts the sandbox, watches its counters and SIGKILLs the task process (its pid comes from an
+``on_execute_callback``). The supervisor sees the kill, marks the try ``up_for_retry`` and Airflow runs
+try 2 in a fresh process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.airflow
+
+SMS_SIMS, SMS_KILL_AT = 200, 60
+AUDIT_SIMS, AUDIT_KILL_AT = 400, 150
+
+DAG_SOURCE = """
+import datetime as dt
+import os
+from airflow.sdk import DAG
+from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
+
+
+def record_pid(context):
+    ti = context["ti"]
+    with open({pidfile!r}, "a") as f:
+        f.write(f"{{ti.task_id}} {{ti.try_number}} {{os.getpid()}}\\n")
+
+
+common = dict(retries=1, retry_delay=dt.timedelta(0), on_execute_callback=record_pid)
+with DAG("crash_resume", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), catchup=False):
+    SendSmsOperator(task_id="sms", iccids={sms_iccids!r}, message_text="Service window tonight 22:00-23:00", **common)
+    QueryImeiOperator(task_id="audit", iccids={audit_iccids!r}, output_uri={uri!r}, max_workers=2, **common)
+"""
+
+DRIVER = """
+import json, os, sys, threading, time
+import uvicorn
+from airflow.api_fastapi.app import create_app
+
+server = uvicorn.Server(uvicorn.Config(create_app(apps="execution"), host="127.0.0.1", port=int(sys.argv[2]),
+                                       log_level="warning"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+from airflow.dag_processing.dagbag import DagBag
+
+dag = DagBag(dag_folder=sys.argv[1]).get_dag("crash_resume")
+dr = dag.test(use_executor=True)
+tis = {ti.task_id: [ti.state, ti.try_number] for ti in dr.get_task_instances()}
+print("RESULT " + json.dumps({"state": dr.state, "tis": tis, "run_id": dr.run_id}), flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_path):
+    fleet = sb.fleet.iccids
+    sms_iccids, audit_iccids = fleet[:SMS_SIMS], fleet[SMS_SIMS : SMS_SIMS + AUDIT_SIMS]
+    pidfile, report = tmp_path / "pids", tmp_path / "out" / "audit.csv"
+    dag_file = dags_folder / "crash_resume.py"
+    dag_file.write_text(
+        DAG_SOURCE.format(pidfile=str(pidfile), sms_iccids=sms_iccids, audit_iccids=audit_iccids, uri=report.as_uri())
+    )
+    (tmp_path / "driver.py").write_text(DRIVER)
+    sb.configure(latency=0.01)  # so the watcher can catch the tasks part-way
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "reliability-suite-jwt-secret-0123456789",
+        "PYTHONPATH": str(ROOT),
+    }
+    killed: dict[str, tuple[int, int]] = {}  # task -> (pid, counter when killed)
+
+    def watch(stop: threading.Event) -> None:
+        targets = {"sms": ("send_sms", SMS_KILL_AT), "audit": ("query_imei", AUDIT_KILL_AT)}
+        while not stop.is_set() and len(killed) < len(targets):
+            pids = {}
+            if pidfile.exists():
+                for line in pidfile.read_text().splitlines():
+                    task, try_number, pid = line.split()
+                    if try_number == "1":
+                        pids[task] = int(pid)
+            counts = sb.stats()["by_command"]
+            for task, (command, at) in targets.items():
+                if task in pids and task not in killed and counts.get(command, 0) >= at:
+                    os.kill(pids[task], signal.SIGKILL)
+                    killed[task] = (pids[task], counts.get(command, 0))
+            time.sleep(0.005)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(stop,), daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, str(tmp_path / "driver.py"), str(dag_file), str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=150,
+        )
+    stop.set()
+    watcher.join(2)
+    elapsed = time.monotonic() - started
+    output = log_path.read_text()
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, output[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    stats = sb.stats()
+
+    assert set(killed) == {"sms", "audit"}, (killed, output[-3000:])
+    assert result["state"] == "success", result
+    assert result["tis"] == {"sms": ["success", 2], "audit": ["success", 2]}, result
+
+    # SMS: every SIM exactly one message, none twice, across the killed try and the retry.
+    per_sim = stats["sms_per_iccid"]
+    assert per_sim == dict.fromkeys(sms_iccids, 1), {k: v for k, v in per_sim.items() if v != 1}
+    history_lookups = stats["by_command"].get("query_sms_mt_details", 0)
+
+    # Audit: the retry wrote the whole report; every ICCID exactly once; no half-written file left.
+    with report.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert Counter(r["iccid"] for r in rows) == Counter(audit_iccids)
+    assert not any(r["error"] for r in rows)
+    assert not list(report.parent.glob("*.partial"))
+
+    print(
+        f"\n[crash-resume] dag.test(use_executor=True) in {elapsed:.1f}s; "
+        f"SMS task SIGKILLed (pid {killed['sms'][0]}) after {killed['sms'][1]} of {SMS_SIMS} sends, retried: "
+        f"{sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM {max(per_sim.values())}, "
+        f"{stats['by_command'].get('send_sms', 0)} send_sms requests, {history_lookups} history lookup(s) "
+        f"for SIMs left 'pending' in the task state store"
+    )
+    print(
+        f"[crash-resume] audit task SIGKILLed (pid {killed['audit'][0]}) after {killed['audit'][1]} queries, "
+        f"retried: report has {len(rows)} rows for {AUDIT_SIMS} SIMs, each ICCID once, no .partial file left"
+    )
