@@ -58,6 +58,13 @@ class Reply:
         return parse_retry_after(self.headers.get("Retry-After"))
 
 
+class BodyTooLargeError(ProtocolError):
+    """An answer larger than :data:`MAX_BODY_BYTES`: refused, and not retried (it would come back as big)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+
+
 class SendError(Exception):
     """
     A request got no HTTP answer.
@@ -217,7 +224,7 @@ def _read_bounded(chunks: Iterable[bytes], deadline: float) -> bytes:
     for chunk in chunks:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise ProtocolError(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+            raise BodyTooLargeError
         if time.monotonic() > deadline:
             raise SendError("the response did not finish within the timeout", reached_server=True)
     return bytes(body)
@@ -283,7 +290,7 @@ async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kw
             async for chunk in resp.content.iter_chunked(65536):
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
-                    raise ProtocolError(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+                    raise BodyTooLargeError
             return Reply(resp.status, resp.headers, bytes(body))
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
         raise SendError("connection failed", reached_server=False) from None
@@ -309,6 +316,8 @@ def call_sync(
             if attempts.is_final(reply):
                 return interpret(reply)
             failure: Reply | SendError | ProtocolError = reply
+        except BodyTooLargeError:
+            raise
         except (SendError, ProtocolError) as exc:
             failure = exc
         time.sleep(attempts.wait_after(failure))
@@ -327,6 +336,8 @@ async def call_async(
             if attempts.is_final(reply):
                 return interpret(reply)
             failure: Reply | SendError | ProtocolError = reply
+        except BodyTooLargeError:
+            raise
         except (SendError, ProtocolError) as exc:
             failure = exc
         await asyncio.sleep(attempts.wait_after(failure))

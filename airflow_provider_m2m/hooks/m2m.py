@@ -131,11 +131,15 @@ class M2mHook(PlatformHook):
         transient failure past the retry budget, unreadable answer) comes back with ``.error`` set and its
         other fields None; an authentication failure stops the whole batch.
 
-        :param iccids: the ICCIDs; any iterable.
+        :param iccids: the ICCIDs: any iterable, or one ICCID as a plain string.
         :param max_workers: calls in flight at once (default 16).
         """
-        numbers = iccid_rules.validate_many(list(iccids))
+        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
         interpret = self._interpret("query_imei")
+        conn = self.connection
+        body = sim_insight.request_template(
+            "query_imei", api_id=self.api_id, username=conn.login or "", password=conn.password or "", field="iccid"
+        )
 
         async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
             try:
@@ -145,7 +149,7 @@ class M2mHook(PlatformHook):
                     self.base_url,
                     interpret,
                     what=f"query_imei {number}",
-                    data=self._body("query_imei", [("iccid", number)]),
+                    data=body(number),
                     headers=_HEADERS,
                 )
                 return sim_insight.imei_record(number, fields)

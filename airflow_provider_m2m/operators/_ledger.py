@@ -12,46 +12,39 @@ class SmsLedger:
     """
     Per-SIM send state kept in Airflow's task state store (Airflow 3.3+), which outlives the task's tries.
 
-    Keys are ``sms:<iccid>``; values ``{"state": "pending" | "sent", "sms_uid": ...}``. ``pending`` is written
-    before the request goes out, so a worker killed mid-send leaves a trace the next try settles. When the
-    task runs without a state store (a bare ``operator.execute()`` outside a task runner) an in-memory dict
-    stands in and a warning says that retries are not protected.
+    SIMs are recorded a chunk at a time: key ``sms:<chunk number>``, value ``{iccid: "pending" | "sent"}``.
+    Before a chunk's first request every SIM of it not yet sent is written ``pending`` (write-ahead), and
+    after the chunk the outcomes are written. That is two round trips to the store per chunk instead of two
+    per SIM; the price of a worker dying mid-chunk is that the retry settles up to :attr:`CHUNK` pending SIMs
+    from the platform's SMS history before resending. A first try reads nothing: there is nothing to read.
+    Without a state store (a bare ``operator.execute()`` outside a task runner) a dict stands in and a
+    warning says that retries are not protected.
 
     :param context: the task's context.
     :param log: the task's logger.
     """
 
+    CHUNK = 25
+
     def __init__(self, context: Any, log: logging.Logger) -> None:
         self._store = context.get("task_state_store")
-        self._memory: dict[str, Any] = {}
+        self._first_try = getattr(context.get("ti"), "try_number", 1) <= 1
+        self._memory: dict[int, dict[str, str]] = {}
         if self._store is None:
             log.warning("No task state store here: a retry of this task would not know what was already sent")
 
-    def _get(self, key: str) -> Any:
-        return self._memory.get(key) if self._store is None else self._store.get(key)
-
-    def _set(self, key: str, value: dict[str, str]) -> None:
+    def load(self, chunk: int) -> dict[str, str]:
+        """The recorded state of each SIM of chunk number ``chunk`` (empty when nothing was recorded)."""
         if self._store is None:
-            self._memory[key] = value
-        else:
-            self._store.set(key, value, retention=NEVER_EXPIRE)
+            return dict(self._memory.get(chunk, {}))
+        if self._first_try:
+            return {}
+        value = self._store.get(f"sms:{chunk}")
+        return dict(value) if isinstance(value, dict) else {}
 
-    def get(self, iccid: str) -> str | None:
-        """``pending``, ``sent``, or None when this SIM has no record."""
-        value = self._get(f"sms:{iccid}")
-        return value.get("state") if isinstance(value, dict) else None
-
-    def mark_pending(self, iccid: str, sms_uid: str) -> None:
-        """Record that a message is about to go out."""
-        self._set(f"sms:{iccid}", {"state": "pending", "sms_uid": sms_uid})
-
-    def mark_sent(self, iccid: str, sms_uid: str) -> None:
-        """Record the platform's acknowledgement."""
-        self._set(f"sms:{iccid}", {"state": "sent", "sms_uid": sms_uid})
-
-    def forget(self, iccid: str) -> None:
-        """Drop the record: the message was refused, so it certainly did not go out."""
+    def save(self, chunk: int, states: dict[str, str]) -> None:
+        """Record the state of each SIM of chunk number ``chunk``; SIMs left out have no record."""
         if self._store is None:
-            self._memory.pop(f"sms:{iccid}", None)
+            self._memory[chunk] = dict(states)
         else:
-            self._store.delete(f"sms:{iccid}")
+            self._store.set(f"sms:{chunk}", states, retention=NEVER_EXPIRE)

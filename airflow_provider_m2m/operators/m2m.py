@@ -17,7 +17,7 @@ from airflow_provider_m2m.exceptions import (
     M2mProviderError,
     OutcomeUnknownError,
 )
-from airflow_provider_m2m.files import write_csv
+from airflow_provider_m2m.files import chunked, write_csv
 from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
 from airflow_provider_m2m.operators._common import Progress, as_int, bad_input_fails_task
@@ -156,10 +156,10 @@ class SendSmsOperator(BaseOperator):
     uid); any invalid item fails the task with :class:`AirflowFailException` and nothing at all is sent.
     Each SIM gets its own ``sms_uid``, derived from the run, task, map index and ICCID so a retry reuses it.
 
-    Each send is recorded as it happens in Airflow's task state store (write-ahead: ``pending`` before the
-    request, ``sent`` after the platform's acknowledgement). A retry of the task skips the SIMs recorded as
-    sent; for a SIM left ``pending`` (the worker died mid-send, or the outcome was unknown) it looks the uid
-    up in the platform's SMS history first and resends only when it is not there. At the end the task
+    Sends are recorded in Airflow's task state store, write-ahead, 25 SIMs at a time: ``pending`` before the
+    chunk's first request, ``sent`` after the platform's acknowledgements. A retry of the task skips the SIMs
+    recorded as sent; for a SIM left ``pending`` (the worker died mid-chunk, or the outcome was unknown) it
+    looks the uid up in the platform's SMS history first and resends only when it is not there. At the end the task
     fails, listing them, if any SIM failed or its outcome stayed unknown; Airflow's retries then finish the
     job without duplicates.
 
@@ -223,10 +223,16 @@ class SendSmsOperator(BaseOperator):
         ledger = SmsLedger(context, self.log)
         progress = Progress(self.log, "SMS sent", len(numbers))
         rows = []
-        for number in numbers:
-            uid = fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
-            rows.append(self._send_once(number, uid, text, coding, origin, ledger))
-            progress.step()
+        for chunk_number, chunk in enumerate(chunked(numbers, SmsLedger.CHUNK)):
+            before = ledger.load(chunk_number)
+            ledger.save(chunk_number, {n: "sent" if before.get(n) == "sent" else "pending" for n in chunk})
+            after = {}
+            for number in chunk:
+                uid = fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
+                row, after[number] = self._send_once(number, uid, text, coding, origin, before.get(number))
+                rows.append(row)
+                progress.step()
+            ledger.save(chunk_number, {n: state for n, state in after.items() if state})
         self.log.info("%s", progress.line())
         bad = [row for row in rows if row["outcome"] != "success"]
         if bad:
@@ -240,27 +246,27 @@ class SendSmsOperator(BaseOperator):
         return rows
 
     def _send_once(
-        self, number: str, uid: str, text: str, coding: str, origin: str | None, ledger: SmsLedger
-    ) -> dict[str, Any]:
+        self, number: str, uid: str, text: str, coding: str, origin: str | None, state: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """Send unless an earlier try did; return the row and the SIM's state to record."""
         row = {"iccid": number, "sms_uid": uid, "outcome": "success", "error": None}
-        state = ledger.get(number)
         if state == "sent":
             self.log.info("SIM %s: SMS %s already sent by an earlier try; not resending", number, uid)
-            return row
+            return row, "sent"
         try:
             if state == "pending" and self.hook.find_sms(number, uid):
                 self.log.info("SIM %s: SMS %s found in the platform's history; not resending", number, uid)
-                ledger.mark_sent(number, uid)
-                return row
-            ledger.mark_pending(number, uid)
+                return row, "sent"
+        except AuthenticationError as exc:
+            raise AirflowFailException(str(exc)) from None
+        except M2mProviderError as exc:  # cannot tell whether the earlier try's message went out
+            return {**row, "outcome": "unknown", "error": f"SMS history lookup failed: {exc}"}, "pending"
+        try:
             receipt = self.hook.send_sms(number, text, data_coding=coding, origin=origin, sms_uid=uid)
         except AuthenticationError as exc:
             raise AirflowFailException(str(exc)) from None
         except OutcomeUnknownError as exc:
-            return {**row, "outcome": "unknown", "error": str(exc)}  # stays pending: settled on retry
+            return {**row, "outcome": "unknown", "error": str(exc)}, "pending"  # settled on retry
         except M2mProviderError as exc:
-            if state != "pending":
-                ledger.forget(number)  # refused, so certainly not sent: a retry may send it
-            return {**row, "outcome": "failed", "error": str(exc)}
-        ledger.mark_sent(number, receipt.sms_uid or uid)
-        return {**row, "sms_uid": receipt.sms_uid or uid}
+            return {**row, "outcome": "failed", "error": str(exc)}, None  # refused: certainly not sent
+        return {**row, "sms_uid": receipt.sms_uid or uid}, "sent"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pendulum
@@ -51,6 +51,30 @@ def build_request(
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
+_SLOT = "m2m-slot-7f3a9c"
+
+
+def request_template(command: str, *, api_id: str, username: str, password: str, field: str) -> Callable[[str], bytes]:
+    """
+    A fast builder of one command's requests that differ only in ``field``'s text (an ICCID in a batch).
+
+    The request is serialised once around a placeholder; a digits-only value is spliced in as is (digits
+    need no escaping), anything else goes through :func:`build_request`. Same bytes either way.
+    """
+    creds = {"api_id": api_id, "username": username, "password": password}
+    parts = build_request(command, **creds, fields=[(field, _SLOT)]).split(_SLOT.encode())
+    if len(parts) != 2:  # the placeholder also occurs in the credentials: never splice
+        return lambda value: build_request(command, **creds, fields=[(field, value)])
+    head, tail = parts
+
+    def build(value: str) -> bytes:
+        if value.isascii() and value.isdigit():
+            return head + value.encode() + tail
+        return build_request(command, **creds, fields=[(field, value)])
+
+    return build
+
+
 def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 120) -> str:
     """A short, single-line excerpt of a response body for error messages, with ``secrets`` blanked."""
     text = body[: limit * 4].decode("utf-8", "replace")
@@ -81,6 +105,9 @@ def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> di
         raise ProtocolError(
             f"SIM Insight {command}: expected <{command}_response>, got <{root.tag}>: {excerpt(body, secrets)}"
         )
+    if root.getroottree().docinfo.internalDTD is not None or root.getroottree().docinfo.doctype:
+        # The platform never sends a DTD; one here is an attack (XXE, entity bomb) or a proxy's page.
+        raise ProtocolError(f"SIM Insight {command}: response carries a DTD; refused")
     fields: dict[str, str | None] = {}
     for child in root:
         if isinstance(child.tag, str):

@@ -196,6 +196,13 @@ def test_query_imeis_whole_fleet_one_record_each_equal_to_the_fleet(sb, hook):
     assert sb.stats()["requests"] == 1000
 
 
+def test_query_imeis_takes_a_plain_string_as_one_iccid(sb, hook):
+    sim = sb.fleet.sims[10]
+    (record,) = hook.query_imeis(sim.iccid)
+    assert record == expected(sb, sim.iccid)
+    assert sb.stats()["requests"] == 1
+
+
 def test_query_imeis_with_faults_every_sim_exactly_once(sb, hook):
     iccids = sb.fleet.iccids[:400]
     sb.inject("429", count=2, retry_after=1)

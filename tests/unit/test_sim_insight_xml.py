@@ -148,32 +148,31 @@ def test_excerpt_is_short_and_single_line():
 
 # ---------------------------------------------------------------------------------------------- hardening
 def test_xxe_external_entity_never_expands(tmp_path):
+    """A response with a DTD is refused outright; the file's content appears nowhere."""
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text("XXE-SECRET-CONTENT-42")
     doctype = f'<!DOCTYPE r [<!ENTITY xxe SYSTEM "{secret_file.as_uri()}">]>'
-    ok = (
-        f'<?xml version="1.0"?>{doctype}<query_imei_response api_id="1"><api_outcome>success</api_outcome>'
-        "<current_imei>&xxe;</current_imei><last_change/><previous_imei>&xxe;</previous_imei></query_imei_response>"
-    ).encode()
-    fields = sim_insight.parse_response("query_imei", ok)
-    assert "XXE-SECRET-CONTENT-42" not in repr(fields)
-    assert fields["current_imei"] is None
-    record = sim_insight.imei_record("8925401000000000012", fields)
-    assert "XXE-SECRET-CONTENT-42" not in repr(record.as_dict())
-
-    failed = (
-        f'<?xml version="1.0"?>{doctype}<query_imei_response api_id="1"><api_outcome>failure</api_outcome>'
-        "<error_description>&xxe;</error_description></query_imei_response>"
-    ).encode()
-    with pytest.raises(M2mApiError) as info:
-        sim_insight.parse_response("query_imei", failed)
-    assert "XXE-SECRET-CONTENT-42" not in str(info.value)
-
-    history = (
-        f'<?xml version="1.0"?>{doctype}<query_sms_mt_details_response api_id="1"><api_outcome>success</api_outcome>'
-        "<sms><sms_uid>u1</sms_uid><message_text>&xxe;</message_text></sms></query_sms_mt_details_response>"
-    ).encode()
-    assert "XXE-SECRET-CONTENT-42" not in repr(sim_insight.sms_history(history))
+    bodies = {
+        "query_imei": (
+            '<query_imei_response api_id="1"><api_outcome>success</api_outcome>'
+            "<current_imei>&xxe;</current_imei><last_change/><previous_imei>&xxe;</previous_imei>"
+            "</query_imei_response>"
+        ),
+        "query_imei ": (
+            '<query_imei_response api_id="1"><api_outcome>failure</api_outcome>'
+            "<error_description>&xxe;</error_description></query_imei_response>"
+        ),
+        "query_sms_mt_details": (
+            '<query_sms_mt_details_response api_id="1"><api_outcome>success</api_outcome>'
+            "<sms><sms_uid>u1</sms_uid><message_text>&xxe;</message_text></sms></query_sms_mt_details_response>"
+        ),
+    }
+    for command, xml in bodies.items():
+        body = f'<?xml version="1.0"?>{doctype}{xml}'.encode()
+        parse = sim_insight.sms_history if command == "query_sms_mt_details" else None
+        with pytest.raises(ProtocolError, match="carries a DTD; refused") as info:
+            parse(body) if parse else sim_insight.parse_response(command.strip(), body)
+        assert "XXE-SECRET-CONTENT-42" not in str(info.value)
 
 
 def test_billion_laughs_does_not_expand_and_returns_quickly():

@@ -234,3 +234,32 @@ def test_429_pauses_the_shared_limiter():
     other = RateLimiter(None)
     Attempts(FAST, "x", LOG, limiter=other).wait_after(reply(503, "1"))
     assert other.reserve() <= 0
+
+
+# ---------------------------------------------------------------------------------------------- call_sync
+def test_an_oversized_answer_is_refused_at_once_not_retried():
+    sends = []
+
+    def send():
+        sends.append(1)
+        raise transport.BodyTooLargeError
+
+    with pytest.raises(ProtocolError, match="larger than 1048576 bytes; refused"):
+        transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: r, RateLimiter(None))
+    assert len(sends) == 1
+
+
+def test_an_unreadable_answer_to_a_query_is_retried_then_accepted():
+    answers = [ProtocolError("not XML"), reply(200)]
+
+    def send():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    interpret_calls = []
+    result = transport.call_sync(
+        Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status, RateLimiter(None)
+    )
+    assert result == 200 and len(interpret_calls) == 1 and not answers

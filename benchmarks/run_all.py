@@ -1,0 +1,177 @@
+"""
+The scale figures of the batch path, measured side by side in one run (``make bench``); never asserts.
+
+Every figure runs in a fresh process (``benchmarks/figures.py``) against the sandbox in yet another
+process, so CPU time and memory are the client's alone. Prints one line per figure
+(``name | measured | goal | ratio | ok/MISSED``) and a final JSON line. About 3-4 minutes.
+
+    python benchmarks/run_all.py [--quick]
+
+1. 10,000 SIMs at 50 ms per call, 32 in flight: wall time against the physical limit 10,000 x 0.05 / 32 s.
+2. The same against a plain loop of ``query_imei`` (measured on 300 SIMs, scaled to 10,000).
+3. The same against one mapped task per SIM run by LocalExecutor (``dag.test(use_executor=True)`` on 60
+   SIMs, scaled to 10,000).
+4. Client CPU per call at zero latency (process CPU time / calls).
+5. Peak RSS of an audit of 10,000 and of 100,000 SIMs streamed to a CSV (each in a new process).
+6. A platform limit of 200 requests/s: throughput, 429s, SIMs lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from airflow_provider_m2m.sandbox import Sandbox
+
+HERE = Path(__file__).resolve().parent
+FIGURES = HERE / "figures.py"
+TARGET = 10_000  # the fleet the scaled figures talk about
+
+
+def measure(figure: str, *options: object, env: dict[str, str] | None = None) -> dict:
+    """Run one measurement in a fresh process; return its JSON result."""
+    cmd = [sys.executable, str(FIGURES), figure, *map(str, options)]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines or not lines[-1].startswith("{"):
+        sys.stderr.write(out.stdout[-2000:] + out.stderr[-4000:])
+        raise SystemExit(f"{figure} failed with exit code {out.returncode}")
+    result = json.loads(lines[-1])
+    result["process_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
+def line(name: str, measured: str, goal: str, ratio: float, ok: bool, unit: str = "") -> dict:
+    print(f"{name} | {measured} | {goal} | {ratio:.3g}{unit} | {'ok' if ok else 'MISSED'}", flush=True)
+    return {"name": name, "measured": measured, "goal": goal, "ratio": round(ratio, 4), "ok": ok}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of this script)")
+    args = p.parse_args()
+    q = args.quick
+    sims, seq_sims, task_sims = (2_000, 60, 12) if q else (TARGET, 200, 30)
+    audit_small, audit_big = (2_000, 20_000) if q else (10_000, 100_000)
+    limited_sims = 600 if q else 3_000
+    started = time.perf_counter()
+    loads = [load()]
+    print(f"# m2m scale benchmark: load average (1/5 min) {loads[0]} on {os.cpu_count()} CPUs", flush=True)
+    print("# figure | measured | goal | ratio | verdict", flush=True)
+    figures: list[dict] = []
+    raw: dict[str, object] = {}
+
+    # 1. the batch against the physical limit
+    b = raw["batch"] = measure("batch", "--sims", sims, "--latency", 0.05, "--workers", 32)
+    figures.append(
+        line(
+            f"1 batch {sims} SIMs @50ms, 32 in flight: limit/wall",
+            f"{b['wall_s']:.2f} s (limit {b['limit_s']:.2f} s, max in flight {b['max_in_flight']}; "
+            f"a minimal threaded client gets {b['sandbox_floor_ratio']:.3f} of the limit here, so this client "
+            f"{b['limit_s'] / b['wall_s'] / b['sandbox_floor_ratio']:.3f} of what the sandbox allows)",
+            ">= 0.9",
+            b["limit_s"] / b["wall_s"],
+            b["limit_s"] / b["wall_s"] >= 0.9 and b["records"] == sims,
+        )
+    )
+    batch_wall = b["wall_s"] * TARGET / sims
+
+    # 2. against a plain loop
+    s = raw["sequential"] = measure("sequential", "--sims", seq_sims, "--latency", 0.05)
+    loop = s["wall_s"] / seq_sims * TARGET
+    figures.append(
+        line(
+            f"2 batch vs sequential loop ({seq_sims} SIMs scaled to {TARGET})",
+            f"loop {loop:.0f} s ({1000 * s['wall_s'] / seq_sims:.1f} ms/SIM) vs batch {batch_wall:.1f} s",
+            ">= 25x",
+            loop / batch_wall,
+            loop / batch_wall >= 25,
+            "x",
+        )
+    )
+
+    # 3. against one mapped task per SIM on a real executor
+    e = raw["executor"] = measure("executor", "--sims", task_sims, "--latency", 0.05)
+    tasks = e["wall_s"] / task_sims * TARGET
+    figures.append(
+        line(
+            f"3 batch vs one mapped task per SIM ({e['executor']}, parallelism {e['parallelism']}, "
+            f"{task_sims} SIMs scaled)",
+            f"tasks {tasks:.0f} s ({e['wall_s'] / task_sims:.2f} s/SIM, run {e['state']}) vs batch {batch_wall:.1f} s",
+            ">= 100x",
+            tasks / batch_wall,
+            tasks / batch_wall >= 100 and e["succeeded"],
+            "x",
+        )
+    )
+
+    # 4. client CPU per call
+    c = raw["cpu"] = measure("batch", "--sims", sims, "--latency", 0, "--workers", 32)
+    figures.append(
+        line(
+            "4 client CPU per call @0ms, 32 in flight: measured/goal",
+            f"{c['cpu_ms_per_call']:.3f} ms ({c['requests']} calls, {c['requests'] / c['wall_s']:.0f} calls/s)",
+            "<= 0.5 ms",
+            c["cpu_ms_per_call"] / 0.5,
+            c["cpu_ms_per_call"] <= 0.5,
+        )
+    )
+
+    # 5. peak RSS, 10x the fleet; one sandbox (out of process) serves both audits
+    with tempfile.TemporaryDirectory(prefix="m2m-bench-") as tmp, Sandbox.spawn(fleet=audit_big) as sb:
+        iccid_file = Path(tmp) / "iccids.txt"
+        iccid_file.write_text("\n".join(sb.fleet.iccids))
+        env = {**os.environ, **sb.conn_env()}
+        small = measure("rss", "--sims", audit_small, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
+        sb.reset()
+        big = measure("rss", "--sims", audit_big, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
+    raw["rss"] = {"small": small, "big": big}
+    growth = big["peak_rss_mb"] - small["peak_rss_mb"]
+    figures.append(
+        line(
+            f"5 peak RSS growth, audit {audit_small} -> {audit_big} SIMs to CSV: measured/goal",
+            f"+{growth:.1f} MB ({small['peak_rss_mb']:.0f} -> {big['peak_rss_mb']:.0f} MB, "
+            f"{big['rows']} rows in {big['wall_s']:.0f} s)",
+            "<= 30 MB",
+            growth / 30,
+            growth <= 30 and small["rows"] == audit_small and big["rows"] == audit_big,
+        )
+    )
+
+    # 6. under the platform's rate limit
+    r = raw["ratelimit"] = measure(
+        "ratelimit", "--sims", limited_sims, "--platform-rate", 200, "--client-rate", 195, "--latency", 0.05
+    )
+    clean = r["lost"] == r["duplicated"] == r["server_missing"] == r["server_repeated"] == 0
+    figures.append(
+        line(
+            f"6 platform limit 200/s, client 195/s, {limited_sims} SIMs: throughput/200",
+            f"{r['throughput']:.1f}/s, 429s {r['rate_limited']}, lost {r['lost']}, duplicated {r['duplicated']}, "
+            f"server missing/repeated {r['server_missing']}/{r['server_repeated']}",
+            ">= 0.9, 0 lost/dup",
+            r["throughput"] / 200,
+            r["throughput"] >= 0.9 * 200 and clean,
+        )
+    )
+
+    loads.append(load())
+    total = time.perf_counter() - started
+    print(f"# load average at start {loads[0]}, at end {loads[1]}; total {total:.0f} s", flush=True)
+    summary = {"figures": figures, "raw": raw, "load_average": loads, "total_s": round(total, 1), "quick": q}
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
