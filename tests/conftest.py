@@ -139,10 +139,11 @@ def _no_secret_in_output(request, caplog):
     capture = request.getfixturevalue(name)
     yield
     out, err = capture.readouterr()
-    if name == "capfd" and (out or err) and request.config.getoption("capture") != "no":
+    report = getattr(request.node, "rep_call", None)
+    if name == "capfd" and (out or err) and report is not None and report.failed:
         import sys
 
-        with capture.disabled():  # give the output back, as if it had not been captured here
+        with capture.disabled():  # a failing test's output would be lost otherwise: show it
             sys.stdout.write(out)
             sys.stderr.write(err)
     secrets = (*SECRETS, *_issued_tokens(request))
@@ -179,3 +180,11 @@ def _no_secret_in_airflow_home():
     yield
     found = _scan_airflow_home_for_secrets(_HOME, (*SECRETS, *_ISSUED_TOKENS))
     assert not found, f"secrets found in the Airflow home after the session: {found[:20]}"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
