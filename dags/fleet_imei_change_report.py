@@ -104,6 +104,7 @@ with DAG(
     ) -> dict:
         """Merge the batch files into the interval's report; list SIMs of batches that did not finish as failed."""
         import json
+        from itertools import chain
 
         from airflow.sdk import ObjectStoragePath
 
@@ -132,11 +133,13 @@ with DAG(
                     counts["changed"] += 1
                     found[row["iccid"]] = {**row, "status": "changed"}
 
-        fleet = list(read_csv(params["fleet_uri"]))
-        extra_columns = [c for c in (fleet[0] if fleet else {}) if c != "iccid"]
+        # Stream the fleet file once more, keeping only the reported SIMs (with their extra columns).
+        fleet = read_csv(params["fleet_uri"])
+        first = next(fleet, None)
+        extra_columns = [c for c in (first or {}) if c != "iccid"]
         columns = ["iccid", *extra_columns, "status", "current_imei", "previous_imei", "last_change", "error"]
         report = sorted(
-            ({**row, **found[row["iccid"]]} for row in fleet if row["iccid"] in found),
+            ({**row, **found[row["iccid"]]} for row in chain([first] if first else [], fleet) if row["iccid"] in found),
             key=lambda r: (r["status"] != "changed", r.get("last_change") or ""),
         )
         csv_uri = f"{folder}/imei_changes.csv"

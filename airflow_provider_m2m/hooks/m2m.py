@@ -66,11 +66,16 @@ class M2mHook(PlatformHook):
             raise InvalidRequestError(f"connection {self.conn_id!r} extra 'api_id'", "is required by SIM Insight")
         return str(api_id)
 
+    @property
+    def _credentials(self) -> dict[str, str]:
+        return {
+            "api_id": self.api_id,
+            "username": self.connection.login or "",
+            "password": self.connection.password or "",
+        }
+
     def _body(self, command: str, fields: Iterable[tuple[str, str | None]]) -> bytes:
-        conn = self.connection
-        return sim_insight.build_request(
-            command, api_id=self.api_id, username=conn.login or "", password=conn.password or "", fields=fields
-        )
+        return sim_insight.build_request(command, **self._credentials, fields=fields)
 
     def _interpret(self, command: str, parse: Callable[[bytes, list[str]], Any] | None = None) -> Any:
         secrets = [self.connection.password or ""]
@@ -136,10 +141,7 @@ class M2mHook(PlatformHook):
         """
         numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
         interpret = self._interpret("query_imei")
-        conn = self.connection
-        body = sim_insight.request_template(
-            "query_imei", api_id=self.api_id, username=conn.login or "", password=conn.password or "", field="iccid"
-        )
+        body = sim_insight.request_template("query_imei", **self._credentials, field="iccid")
 
         async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
             try:

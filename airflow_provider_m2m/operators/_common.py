@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
+from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
 
 
 @contextmanager
@@ -32,6 +33,11 @@ def as_int(value: object, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidRequestError(field, f"must be an integer from {low} to {high}", repr(value))
     return value
+
+
+def as_workers(value: object) -> int | None:
+    """``max_workers`` as given to an operator: None (or an empty template) means the hook's default."""
+    return None if value in (None, "") else as_int(value, "max_workers", 1, MAX_WORKERS_LIMIT)
 
 
 class Progress:

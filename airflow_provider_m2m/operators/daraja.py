@@ -11,9 +11,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
 from airflow_provider_m2m.hooks.daraja import DarajaHook
-from airflow_provider_m2m.operators._common import as_int, bad_input_fails_task
+from airflow_provider_m2m.operators._common import as_int, as_workers, bad_input_fails_task
 from airflow_provider_m2m.protocol.msisdn import masked
 
 if TYPE_CHECKING:
@@ -77,11 +76,7 @@ class CheckSimSwapOperator(BaseOperator):
             mode = str(self.on_recent_swap).strip().lower()
             if mode not in ON_RECENT_SWAP:
                 raise InvalidRequestError("on_recent_swap", f"must be one of {', '.join(ON_RECENT_SWAP)}", repr(mode))
-            workers = (
-                None
-                if self.max_workers in (None, "")
-                else as_int(self.max_workers, "max_workers", 1, MAX_WORKERS_LIMIT)
-            )
+            workers = as_workers(self.max_workers)
             try:
                 records = self.hook.check_sim_swaps(self.msisdns, max_workers=workers)  # validates all first
                 today = pendulum.now("UTC").date()

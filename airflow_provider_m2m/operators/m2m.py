@@ -18,9 +18,8 @@ from airflow_provider_m2m.exceptions import (
     OutcomeUnknownError,
 )
 from airflow_provider_m2m.files import chunked, write_csv
-from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators._common import Progress, as_int, bad_input_fails_task
+from airflow_provider_m2m.operators._common import Progress, as_workers, bad_input_fails_task
 from airflow_provider_m2m.operators._ledger import SmsLedger
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
@@ -111,11 +110,7 @@ class QueryImeiOperator(BaseOperator):
         with bad_input_fails_task():
             numbers = iccid_rules.validate_many(self.iccids)
             since = parse_changed_since(self.changed_since)
-            workers = (
-                None
-                if self.max_workers in (None, "")
-                else as_int(self.max_workers, "max_workers", 1, MAX_WORKERS_LIMIT)
-            )
+            workers = as_workers(self.max_workers)
             self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
@@ -202,7 +197,7 @@ class SendSmsOperator(BaseOperator):
 
     def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
         """Render as Airflow does, but keep carriage returns: Jinja turns every ``\\r\\n`` and ``\\r`` into ``\\n``."""
-        if not (isinstance(content, str) and "\r" in content):
+        if not (isinstance(content, str) and "\r" in content and _CR not in content):
             return super().render_template(content, context, jinja_env, seen_oids)
         rendered = super().render_template(content.replace("\r", _CR), context, jinja_env, seen_oids)
         return rendered.replace(_CR, "\r") if isinstance(rendered, str) else rendered

@@ -19,6 +19,7 @@ from typing import Any
 import pendulum
 
 from airflow_provider_m2m.exceptions import DarajaApiError, ProtocolError
+from airflow_provider_m2m.protocol._text import excerpt
 from airflow_provider_m2m.protocol.msisdn import masked
 
 #: Error codes that mean "the access token is not (or no longer) valid".
@@ -29,12 +30,6 @@ SWAP_SENTINEL_YEAR = 1900
 _TIME = r"(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?"
 _DMY = re.compile(r"(\d{1,2})[-/](\d{1,2})[-/](\d{4})" + _TIME)
 _YMD = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})" + _TIME)
-
-
-def excerpt(body: bytes, limit: int = 120) -> str:
-    """A short, single-line excerpt of a (non-token) response body for error messages."""
-    text = " ".join(body[: limit * 4].decode("utf-8", "replace").split())
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _json_object(body: bytes, what: str, *, quote: bool = True) -> dict[str, Any]:

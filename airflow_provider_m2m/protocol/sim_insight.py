@@ -19,6 +19,7 @@ from lxml import etree
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, ProtocolError
 from airflow_provider_m2m.protocol import imei
+from airflow_provider_m2m.protocol._text import excerpt
 
 CONTENT_TYPE = "application/xml"
 # Descriptions that mean the account, not the request, is wrong: retrying or moving on cannot help.
@@ -73,16 +74,6 @@ def request_template(command: str, *, api_id: str, username: str, password: str,
         return build_request(command, **creds, fields=[(field, value)])
 
     return build
-
-
-def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 120) -> str:
-    """A short, single-line excerpt of a response body for error messages, with ``secrets`` blanked."""
-    text = body[: limit * 4].decode("utf-8", "replace")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> dict[str, str | None]:
