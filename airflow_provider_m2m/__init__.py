@@ -58,6 +58,12 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_provider_m2m.operators.daraja"],
             },
         ],
+        "sensors": [
+            {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.sensors.m2m"]},
+        ],
+        "triggers": [
+            {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.triggers.m2m"]},
+        ],
         "connection-types": [
             {
                 "connection-type": "m2m",

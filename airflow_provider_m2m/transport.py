@@ -346,6 +346,49 @@ async def call_async(
 _DONE = object()
 
 
+async def _pool(
+    items: Iterable[T],
+    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
+    client: aiohttp.ClientSession,
+    emit: Callable[[R], Awaitable[None]],
+    max_workers: int,
+) -> None:
+    """Run ``work`` over ``items`` in ``max_workers`` tasks pulling from one iterator; ``emit`` each result."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:  # shared iterator: safe, everything runs on one thread
+            await emit(await work(client, item))
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(max_workers):
+            group.create_task(worker())
+
+
+async def gather_concurrently(
+    items: Iterable[T],
+    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
+    *,
+    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
+    max_workers: int,
+) -> list[R]:
+    """
+    The coroutine twin of :func:`map_concurrently` for code already inside an event loop (a trigger):
+    all the results, in completion order. An exception from ``work`` is raised here.
+    """
+    results: list[R] = []
+
+    async def keep(result: R) -> None:
+        results.append(result)
+
+    try:
+        async with session() as client:
+            await _pool(items, work, client, keep, max_workers)
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return results
+
+
 def map_concurrently(
     items: Iterable[T],
     work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
@@ -363,17 +406,11 @@ def map_concurrently(
     """
     loop = asyncio.new_event_loop()
     results: asyncio.Queue = asyncio.Queue(maxsize=2 * max_workers)
-    pending = iter(items)
-
-    async def worker(client: aiohttp.ClientSession) -> None:
-        for item in pending:  # shared iterator: safe, everything runs on one thread
-            await results.put(await work(client, item))
 
     async def run_all() -> None:
         try:
-            async with session() as client, asyncio.TaskGroup() as group:
-                for _ in range(max_workers):
-                    group.create_task(worker(client))
+            async with session() as client:
+                await _pool(items, work, client, results.put, max_workers)
         finally:
             await results.put(_DONE)
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import aiohttp
 import requests
 from airflow.sdk import BaseHook
-from airflow.sdk.log import mask_secret
+from airflow.sdk.log import amask_secret, mask_secret
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_m2m import transport
@@ -162,6 +162,26 @@ class PlatformHook(BaseHook):
             self.limiter,
         )
 
+    def _workers(self, max_workers: int | None) -> int:
+        workers = DEFAULT_MAX_WORKERS if max_workers is None else max_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS_LIMIT:
+            raise InvalidRequestError("max_workers", f"must be an integer from 1 to {MAX_WORKERS_LIMIT}")
+        return workers
+
+    @asynccontextmanager
+    async def batch_session(self, workers: int) -> AsyncIterator[aiohttp.ClientSession]:
+        """One aiohttp session for a batch; its connection pool matches the concurrency."""
+        connector = aiohttp.TCPConnector(limit=workers, ssl=None if self.verify else False)
+        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
+        # Proxy settings come from the environment like requests does, looked up once per batch
+        # (aiohttp's trust_env repeats that lookup in a thread for every request).
+        proxies = requests.utils.get_environ_proxies(self.base_url)
+        proxy = proxies.get(self.base_url.split(":", 1)[0]) or proxies.get("all")
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, proxy=proxy, trust_env=False, raise_for_status=False
+        ) as client:
+            yield client
+
     def map_concurrently(
         self,
         items: Iterable[T],
@@ -169,23 +189,28 @@ class PlatformHook(BaseHook):
         max_workers: int | None = None,
     ) -> Iterator[R]:
         """Run ``work`` for every item with at most ``max_workers`` in flight; yield results as they come."""
-        workers = DEFAULT_MAX_WORKERS if max_workers is None else max_workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS_LIMIT:
-            raise InvalidRequestError("max_workers", f"must be an integer from 1 to {MAX_WORKERS_LIMIT}")
+        workers = self._workers(max_workers)
         self.connection  # noqa: B018  - fetch the connection and mask its secret on this thread first
+        return transport.map_concurrently(items, work, session=lambda: self.batch_session(workers), max_workers=workers)
 
-        @asynccontextmanager
-        async def session() -> AsyncIterator[aiohttp.ClientSession]:
-            # The connection pool matches the concurrency: every worker keeps one keep-alive connection.
-            connector = aiohttp.TCPConnector(limit=workers, ssl=None if self.verify else False)
-            timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
-            # Proxy settings come from the environment like requests does, looked up once per batch
-            # (aiohttp's trust_env repeats that lookup in a thread for every request).
-            proxies = requests.utils.get_environ_proxies(self.base_url)
-            proxy = proxies.get(self.base_url.split(":", 1)[0]) or proxies.get("all")
-            async with aiohttp.ClientSession(
-                connector=connector, timeout=timeout, proxy=proxy, trust_env=False, raise_for_status=False
-            ) as client:
-                yield client
+    async def aconnection(self) -> Any:
+        """:attr:`connection`, fetched without blocking the event loop (in a trigger); masked the same way."""
+        if "connection" not in self.__dict__:
+            conn = await self.aget_connection(self.conn_id)
+            if conn.password:
+                await amask_secret(conn.password)
+            self.__dict__["connection"] = conn
+        return self.connection
 
-        return transport.map_concurrently(items, work, session=session, max_workers=workers)
+    async def agather_concurrently(
+        self,
+        items: Iterable[T],
+        work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
+        max_workers: int | None = None,
+    ) -> list[R]:
+        """The coroutine twin of :meth:`map_concurrently`, for a running event loop: all results, as they came."""
+        workers = self._workers(max_workers)
+        await self.aconnection()
+        return await transport.gather_concurrently(
+            items, work, session=lambda: self.batch_session(workers), max_workers=workers
+        )

@@ -19,15 +19,21 @@ from airflow_provider_m2m.exceptions import (
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_insight, sms
-from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsReceipt
+from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
 from airflow_provider_m2m.transport import Reply, RetryPolicy
 
-__all__ = ["ImeiRecord", "M2mHook", "SmsReceipt"]
+__all__ = ["ImeiRecord", "M2mHook", "SmsDetails", "SmsHistory", "SmsReceipt"]
 
 # test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
 # "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
 PROBE_ICCID = "8900000000000000000"
 _HEADERS = {"Content-Type": sim_insight.CONTENT_TYPE, "Accept": sim_insight.CONTENT_TYPE}
+
+
+def _lastx(lastx: int) -> int:
+    if isinstance(lastx, bool) or not isinstance(lastx, int) or not 1 <= lastx <= 20:
+        raise InvalidRequestError("lastx", "must be an integer from 1 to 20", repr(lastx))
+    return lastx
 
 
 class M2mHook(PlatformHook):
@@ -205,28 +211,70 @@ class M2mHook(PlatformHook):
             raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
         return SmsReceipt(iccid=number, sms_uid=fields.get("sms_uid") or uid)
 
-    def sms_history(self, iccid: str, lastx: int = 20) -> list[dict[str, str | None]]:
+    def query_sms_mt_details(self, iccid: str, lastx: int = 1) -> list[SmsDetails]:
         """
-        The SIM's most recent mobile-terminated messages, newest first (``query_sms_mt_details``).
+        The SIM's most recent mobile-terminated messages, newest first, with their delivery status
+        (``query_sms_mt_details``); an empty list when the SIM has none.
 
         :param iccid: the SIM's ICCID.
-        :param lastx: how many messages, 1 to 20.
+        :param lastx: how many messages, 1 to 20 (the platform's default is 1).
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
         """
         number = iccid_rules.validate(iccid)
-        if not isinstance(lastx, int) or not 1 <= lastx <= 20:
-            raise InvalidRequestError("lastx", "must be an integer from 1 to 20")
         return self.request(
             "POST",
             self.base_url,
-            self._interpret("query_sms_mt_details", sim_insight.sms_history),
+            self._sms_mt_details_interpret(number),
             what=f"query_sms_mt_details {number}",
-            data=self._body("query_sms_mt_details", [("iccid", number), ("lastx", str(lastx))]),
+            data=self._body("query_sms_mt_details", [("iccid", number), ("lastx", str(_lastx(lastx)))]),
             headers=_HEADERS,
         )
 
+    async def aquery_sms_mt_details_many(
+        self, iccids: Iterable[str], lastx: int = 1, max_workers: int | None = None
+    ) -> list[SmsHistory]:
+        """
+        :meth:`query_sms_mt_details` for many SIMs with bounded concurrency, as a coroutine (for triggers).
+
+        One :class:`SmsHistory` per ICCID, in completion order; a SIM whose query failed has ``.error``
+        set; an authentication failure stops the batch. Every ICCID is validated before anything is sent.
+
+        :param iccids: the ICCIDs (any iterable, or one ICCID as a plain string).
+        :param lastx: messages per SIM, 1 to 20.
+        :param max_workers: queries in flight at once (default 16).
+        """
+        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
+        then = [("lastx", str(_lastx(lastx)))]
+        await self.aconnection()
+        body = sim_insight.request_template("query_sms_mt_details", **self._credentials, field="iccid", then=then)
+
+        async def query(client: aiohttp.ClientSession, number: str) -> SmsHistory:
+            try:
+                messages = await self.arequest(
+                    client,
+                    "POST",
+                    self.base_url,
+                    self._sms_mt_details_interpret(number),
+                    what=f"query_sms_mt_details {number}",
+                    data=body(number),
+                    headers=_HEADERS,
+                )
+                return SmsHistory(number, tuple(messages))
+            except AuthenticationError:
+                raise
+            except M2mProviderError as exc:
+                return SmsHistory(number, error=str(exc))
+
+        return await self.agather_concurrently(numbers, query, max_workers)
+
+    def _sms_mt_details_interpret(self, number: str) -> Callable[[Reply], list[SmsDetails]]:
+        return self._interpret(
+            "query_sms_mt_details", lambda body, secrets: sim_insight.sms_mt_details(number, body, secrets)
+        )
+
     def find_sms(self, iccid: str, sms_uid: str) -> bool:
-        """True when the platform's recent history for the SIM holds a message with ``sms_uid``."""
-        return any(item.get("sms_uid") == sms_uid for item in self.sms_history(iccid, lastx=20))
+        """True when the platform's recent history (last 20 messages) for the SIM holds ``sms_uid``."""
+        return any(m.sms_uid == sms_uid for m in self.query_sms_mt_details(iccid, lastx=20))
 
     def test_connection(self) -> tuple[bool, str]:
         """

@@ -55,23 +55,34 @@ def build_request(
 _SLOT = "m2m-slot-7f3a9c"
 
 
-def request_template(command: str, *, api_id: str, username: str, password: str, field: str) -> Callable[[str], bytes]:
+def request_template(
+    command: str,
+    *,
+    api_id: str,
+    username: str,
+    password: str,
+    field: str,
+    then: Iterable[tuple[str, str | None]] = (),
+) -> Callable[[str], bytes]:
     """
     A fast builder of one command's requests that differ only in ``field``'s text (an ICCID in a batch).
 
     The request is serialised once around a placeholder; a digits-only value is spliced in as is (digits
     need no escaping), anything else goes through :func:`build_request`. Same bytes either way.
+
+    :param then: fixed ``(element, text)`` pairs that follow ``field`` in every request.
     """
     creds = {"api_id": api_id, "username": username, "password": password}
-    parts = build_request(command, **creds, fields=[(field, _SLOT)]).split(_SLOT.encode())
+    after = list(then)
+    parts = build_request(command, **creds, fields=[(field, _SLOT), *after]).split(_SLOT.encode())
     if len(parts) != 2:  # the placeholder also occurs in the credentials: never splice
-        return lambda value: build_request(command, **creds, fields=[(field, value)])
+        return lambda value: build_request(command, **creds, fields=[(field, value), *after])
     head, tail = parts
 
     def build(value: str) -> bytes:
         if value.isascii() and value.isdigit():
             return head + value.encode() + tail
-        return build_request(command, **creds, fields=[(field, value)])
+        return build_request(command, **creds, fields=[(field, value), *after])
 
     return build
 
@@ -84,6 +95,11 @@ def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> di
     :raises AuthenticationError: ``api_outcome`` failure because of the credentials or permissions.
     :raises M2mApiError: any other ``api_outcome`` failure, carrying the platform's description.
     """
+    return _parse(command, body, secrets)[1]
+
+
+def _parse(command: str, body: bytes, secrets: Iterable[str]) -> tuple[etree._Element, dict[str, str | None]]:
+    """:func:`parse_response`, also giving back the root element for commands with repeated children."""
     if not body.strip():
         raise ProtocolError(f"SIM Insight {command}: empty response body")
     try:
@@ -105,7 +121,7 @@ def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> di
             fields[child.tag] = (child.text or "").strip() or None
     outcome = fields.get("api_outcome")
     if outcome == "success":
-        return fields
+        return root, fields
     if outcome != "failure":
         raise ProtocolError(f"SIM Insight {command}: api_outcome is {outcome!r}: {excerpt(body, secrets)}")
     description = next(
@@ -203,13 +219,106 @@ class SmsReceipt:
         return {"iccid": self.iccid, "sms_uid": self.sms_uid, "outcome": self.outcome}
 
 
-def sms_history(body: bytes, secrets: Iterable[str] = ()) -> list[dict[str, str | None]]:
-    """Parse ``query_sms_mt_details``: the SIM's recent messages, newest first (empty list when none)."""
-    parse_response("query_sms_mt_details", body, secrets)  # raises on failure
-    root = etree.fromstring(body, _PARSER)
+#: Delivery states, from the platform's ``status`` of a mobile-terminated message. The documentation names
+#: ``pending`` and ``delivered`` and leaves the list open ("pending, delivered, ..."): the other words
+#: below are the usual SMSC outcomes. Any other status is ``unknown``: kept as sent, never taken as final.
+DELIVERED, PENDING, FAILED, UNKNOWN = "delivered", "pending", "failed", "unknown"
+_STATE_OF_STATUS = {
+    "delivered": DELIVERED,
+    **dict.fromkeys(("pending", "queued", "accepted", "submitted", "sent", "enroute", "buffered"), PENDING),
+    **dict.fromkeys(
+        ("failed", "undelivered", "undeliverable", "expired", "rejected", "cancelled", "canceled", "deleted"),
+        FAILED,
+    ),
+}
+
+
+def delivery_state(status: str | None) -> str:
+    """The delivery state (:data:`DELIVERED`, :data:`PENDING`, :data:`FAILED`, :data:`UNKNOWN`) of a status."""
+    return _STATE_OF_STATUS.get((status or "").strip().lower(), UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsDetails:
+    """
+    One mobile-terminated message as ``query_sms_mt_details`` describes it.
+
+    :param iccid: the SIM the message went to.
+    :param sms_uid: the message's uid.
+    :param status: the platform's status, as sent (``pending``, ``delivered``, ...).
+    :param sent_timestamp: when it was sent (UTC), or None.
+    :param delivered_timestamp: when it was delivered (UTC), or None.
+    :param origin: ``api`` or ``portal``.
+    :param message_text: the text.
+    """
+
+    iccid: str
+    sms_uid: str | None
+    status: str | None
+    sent_timestamp: pendulum.DateTime | None = None
+    delivered_timestamp: pendulum.DateTime | None = None
+    origin: str | None = None
+    message_text: str | None = None
+
+    @property
+    def state(self) -> str:
+        """``delivered``, ``pending``, ``failed`` or ``unknown`` (a status this module does not know)."""
+        return delivery_state(self.status)
+
+    def as_dict(self) -> dict[str, str | None]:
+        """JSON-safe dict; timestamps as ISO 8601, plus ``state``."""
+        return {
+            "iccid": self.iccid,
+            "sms_uid": self.sms_uid,
+            "status": self.status,
+            "state": self.state,
+            "sent_timestamp": self.sent_timestamp.isoformat() if self.sent_timestamp else None,
+            "delivered_timestamp": self.delivered_timestamp.isoformat() if self.delivered_timestamp else None,
+            "origin": self.origin,
+            "message_text": self.message_text,
+        }
+
+
+def sms_mt_details(iccid: str, body: bytes, secrets: Iterable[str] = ()) -> list[SmsDetails]:
+    """
+    Parse ``query_sms_mt_details``: the SIM's recent messages, newest first; an empty list when the
+    platform answers its one empty ``<sms>`` (no messages).
+    """
+    root, _ = _parse("query_sms_mt_details", body, secrets)
     messages = []
     for sms in root.iter("sms"):
-        item = {child.tag: (child.text or None) for child in sms if isinstance(child.tag, str)}
-        if any(item.values()):
-            messages.append(item)
+        raw = {child.tag: child.text for child in sms if isinstance(child.tag, str)}
+        item = {tag: (text or "").strip() or None for tag, text in raw.items()}
+        if not any(item.values()):
+            continue
+        messages.append(
+            SmsDetails(
+                iccid=iccid,
+                sms_uid=item.get("sms_uid"),
+                status=item.get("status"),
+                sent_timestamp=parse_timestamp(item.get("sent_timestamp")),
+                delivered_timestamp=parse_timestamp(item.get("delivered_timestamp")),
+                origin=item.get("origin"),
+                message_text=raw.get("message_text"),  # as sent: spaces and line breaks are the text
+            )
+        )
     return messages
+
+
+@dataclass(frozen=True, slots=True)
+class SmsHistory:
+    """
+    One SIM's answer in a batch of ``query_sms_mt_details``: its messages, or why the query failed.
+
+    :param iccid: the SIM.
+    :param messages: its recent messages, newest first.
+    :param error: why the query failed (``messages`` is empty then), or None.
+    """
+
+    iccid: str
+    messages: tuple[SmsDetails, ...] = ()
+    error: str | None = None
+
+    def find(self, sms_uid: str) -> SmsDetails | None:
+        """The message with ``sms_uid``, or None when it is not among them."""
+        return next((m for m in self.messages if m.sms_uid == sms_uid), None)

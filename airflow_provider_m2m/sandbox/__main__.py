@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", type=float, default=0.0, help="platform requests/s (0 = unlimited)")
     p.add_argument("--token-ttl", type=float, default=3599)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sms-delivery-delay", type=float, default=2.0, help="seconds until an SMS is delivered (or fails)")
     p.add_argument("--anchor", type=_anchor, default=None, help="end of 'the last day' (default: midnight UTC)")
     p.add_argument("--write-fleet", metavar="PATH", help="write the fleet CSV and exit")
     p.add_argument("--self-check", action="store_true", help="run one call of each kind and exit")
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         rate_limit=args.rate_limit,
         token_ttl=args.token_ttl,
+        sms_delivery_delay=args.sms_delivery_delay,
         host=args.host,
         **creds,
     )

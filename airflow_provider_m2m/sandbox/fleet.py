@@ -8,6 +8,7 @@ only moves the times (every time is drawn as an offset before the anchor).
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +53,11 @@ SWAP_EDGE_CASES: dict[str, int] = {
     "registration_note": 3,
 }
 
+
+#: What becomes of an SMS to a SIM, by share of the fleet: delivered after the sandbox's delivery delay,
+#: pending for good (the device is off; the real platform keeps trying for 72 hours), or failed after
+#: the delay. Drawn per ICCID from a hash, so the fleet's identifiers do not move.
+SMS_FATES: tuple[tuple[str, int], ...] = (("delivered", 80), ("pending", 12), ("failed", 8))
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 
@@ -162,6 +168,9 @@ class Fleet:
     * 5 ``never_changed``: current IMEI and first-seen time, empty previous IMEI
     * 6 ``imeisv``: changed long ago, current IMEI served as a 16-digit IMEISV
 
+    SMS delivery (:meth:`sms_fate`): about 80 % of SIMs get their messages delivered, 12 % never (the
+    device is off), 8 % see them fail; ``fleet.sms_edge_cases`` maps each fate to the first SIM that has it.
+
     Fixed Daraja edge cases (``fleet.swap_edge_cases`` maps name -> MSISDN; the MSISDNs of SIMs 0-3):
     ``swapped_1_day_ago``, ``swapped_89_days_ago``, ``no_swap`` (``01-01-1900``) and
     ``registration_note`` (the "more than one year old" sentence instead of a date).
@@ -190,6 +199,11 @@ class Fleet:
         self.swap_edge_cases: dict[str, str] = {
             name: self.sims[i].msisdn for name, i in SWAP_EDGE_CASES.items() if i < size
         }
+        self.sms_edge_cases: dict[str, str] = {}
+        for sim in self.sims:
+            self.sms_edge_cases.setdefault(self.sms_fate(sim.iccid), sim.iccid)
+            if len(self.sms_edge_cases) == len(SMS_FATES):
+                break
 
     # ------------------------------------------------------------------ generation
     def _generate(self) -> None:
@@ -301,6 +315,23 @@ class Fleet:
     def msisdns(self) -> list[str]:
         """All MSISDNs in fleet order."""
         return [s.msisdn for s in self.sims]
+
+    def sms_fate(self, iccid: str) -> str:
+        """
+        What becomes of every SMS to ``iccid``: ``delivered``, ``pending`` (for good) or ``failed``.
+
+        :param iccid: any ICCID (SIMs outside the fleet have a fate too).
+        """
+        draw = int.from_bytes(hashlib.sha256(f"{self.seed}:{iccid}".encode()).digest()[:4], "big") % 100
+        for fate, share in SMS_FATES:
+            if draw < share:
+                return fate
+            draw -= share
+        raise AssertionError("SMS_FATES shares must add up to 100")
+
+    def with_sms_fate(self, fate: str) -> list[str]:
+        """The fleet's ICCIDs whose messages end ``fate``, in fleet order."""
+        return [s.iccid for s in self.sims if self.sms_fate(s.iccid) == fate]
 
     def changed_between(self, start: datetime, end: datetime) -> list[SimRecord]:
         """

@@ -45,7 +45,7 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
 FAULT_KINDS = ("503", "429", "502", "504", "drop", "drop_after", "slow", "malformed", "html", "empty")
 PLATFORMS = ("any", "m2m", "daraja")
 COMMANDS = ("query_imei", "send_sms", "query_sms_mt_details", "oauth", "checkATI")
-_KNOBS = ("latency", "rate_limit", "token_ttl", "seed", *SANDBOX_CREDENTIALS)
+_KNOBS = ("latency", "rate_limit", "token_ttl", "seed", "sms_delivery_delay", *SANDBOX_CREDENTIALS)
 
 _REASONS = {
     200: "OK",
@@ -128,6 +128,8 @@ class SandboxState:
     :param rate_limit: platform requests per second (token bucket); 0 = unlimited.
     :param token_ttl: lifetime of a Daraja access token in seconds (served as ``expires_in``).
     :param seed: seed of the fault RNG (faults with ``rate``).
+    :param sms_delivery_delay: seconds after which a message to a SIM whose fate is ``delivered`` or
+        ``failed`` (:meth:`Fleet.sms_fate`) leaves ``pending``.
     :param credentials: ``m2m_username``, ``m2m_password``, ``m2m_api_id``, ``daraja_key``,
         ``daraja_secret`` overrides.
     """
@@ -140,6 +142,7 @@ class SandboxState:
         rate_limit: float = 0.0,
         token_ttl: float = 3599,
         seed: int = 0,
+        sms_delivery_delay: float = 2.0,
         **credentials: str,
     ) -> None:
         unknown = set(credentials) - set(SANDBOX_CREDENTIALS)
@@ -148,7 +151,13 @@ class SandboxState:
         self.fleet = fleet
         self.lock = threading.Lock()
         self.creds = {**SANDBOX_CREDENTIALS, **{k: str(v) for k, v in credentials.items()}}
-        self._defaults = {"latency": latency, "rate_limit": rate_limit, "token_ttl": token_ttl, "seed": seed}
+        self._defaults = {
+            "latency": latency,
+            "rate_limit": rate_limit,
+            "token_ttl": token_ttl,
+            "seed": seed,
+            "sms_delivery_delay": sms_delivery_delay,
+        }
         self.tokens: dict[str, float] = {}
         self.issued: list[str] = []  # every access token ever issued (kept across reset/revoke), for leak checks
         self._apply_defaults()
@@ -161,6 +170,7 @@ class SandboxState:
         self.token_ttl = float(d["token_ttl"])
         self.seed = int(d["seed"])
         self.rng = random.Random(self.seed)
+        self.sms_delivery_delay = float(d["sms_delivery_delay"])
         self._set_rate(float(d["rate_limit"]))
 
     def _set_rate(self, rate: float) -> None:
@@ -170,7 +180,8 @@ class SandboxState:
         self.bucket_t = time.monotonic()
 
     def configure(self, **knobs: Any) -> None:
-        """Change knobs at run time: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``, credentials."""
+        """Change knobs at run time: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``,
+        ``sms_delivery_delay`` (for messages sent from then on), credentials."""
         unknown = set(knobs) - set(_KNOBS)
         if unknown:
             raise TypeError(f"unknown sandbox knobs: {sorted(unknown)}")
@@ -184,6 +195,8 @@ class SandboxState:
                     self._set_rate(float(v))
                 elif k == "token_ttl":
                     self.token_ttl = float(v)
+                elif k == "sms_delivery_delay":
+                    self.sms_delivery_delay = max(0.0, float(v))
                 elif k == "seed":
                     self.seed = int(v)
                     self.rng = random.Random(self.seed)
@@ -709,8 +722,9 @@ class _Handler(BaseHTTPRequestHandler):
         if uid is None:
             uid = "".join(secrets.choice(_ALNUM) for _ in range(12))
             entry["sms_uid"] = uid
-        now = datetime.now(UTC).replace(microsecond=0)
-        self.server.state.store_sms(
+        st = self.server.state
+        now = datetime.now(UTC)
+        st.store_sms(
             iccid,
             {
                 "iccid": iccid,
@@ -719,6 +733,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "origin": origin,
                 "sms_uid": uid,
                 "sent": now,
+                "settles": now + timedelta(seconds=st.sms_delivery_delay),
+                "fate": st.fleet.sms_fate(iccid),
             },
         )
         return None, f"<sms_uid>{uid}</sms_uid>"
@@ -741,13 +757,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not msgs:
             return None, "<sms/>"
         parts = []
+        now = datetime.now(UTC)
         for m in msgs:
+            # Every message is pending until it settles into its SIM's fate; "pending" SIMs never settle.
+            status = m["fate"] if now >= m["settles"] else "pending"
             el = etree.Element("sms")
             for tag, value in (
                 ("sent_timestamp", _fmt(m["sent"])),
                 ("sms_uid", m["sms_uid"]),
-                ("status", "delivered"),
-                ("delivered_timestamp", _fmt(m["sent"] + timedelta(seconds=2))),
+                ("status", status),
+                ("delivered_timestamp", _fmt(m["settles"]) if status == "delivered" else ""),
                 ("origin", "api"),
                 ("message_text", m["message_text"]),
             ):
@@ -876,6 +895,8 @@ class Sandbox:
     :param rate_limit: platform requests per second over both platforms (0 = unlimited); excess
         answered HTTP 429 with ``Retry-After``.
     :param token_ttl: Daraja token lifetime in seconds.
+    :param sms_delivery_delay: seconds until a message settles into its SIM's :meth:`Fleet.sms_fate`
+        (``delivered`` or ``failed``; ``pending`` SIMs never settle). Default 2.
     :param host: interface to bind (default 127.0.0.1).
     :param credentials: overrides of :data:`SANDBOX_CREDENTIALS` (``m2m_username``, ``m2m_password``,
         ``m2m_api_id``, ``daraja_key``, ``daraja_secret``).
@@ -891,12 +912,19 @@ class Sandbox:
         *,
         rate_limit: float = 0.0,
         token_ttl: float = 3599,
+        sms_delivery_delay: float = 2.0,
         host: str = "127.0.0.1",
         **credentials: str,
     ) -> None:
         self.fleet = fleet if isinstance(fleet, Fleet) else Fleet(int(fleet), seed=seed, anchor=anchor)
         self.state = SandboxState(
-            self.fleet, latency=latency, rate_limit=rate_limit, token_ttl=token_ttl, seed=seed, **credentials
+            self.fleet,
+            latency=latency,
+            rate_limit=rate_limit,
+            token_ttl=token_ttl,
+            seed=seed,
+            sms_delivery_delay=sms_delivery_delay,
+            **credentials,
         )
         self._address = (host, port)
         self._server: SandboxHTTPServer | None = None
@@ -963,7 +991,8 @@ class Sandbox:
         """
         Change knobs at run time.
 
-        :param knobs: ``latency``, ``rate_limit``, ``token_ttl``, ``seed`` and the credential names.
+        :param knobs: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``, ``sms_delivery_delay`` (seconds
+            until a message settles into its SIM's :meth:`Fleet.sms_fate`) and the credential names.
         """
         self.state.configure(**knobs)
 

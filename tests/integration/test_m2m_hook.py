@@ -353,23 +353,6 @@ def test_send_sms_unknown_iccid_is_api_error(sb, hook):
     assert sb.stats()["requests"] == 1
 
 
-# ---------------------------------------------------------------------------------------------- history
-def test_sms_history_and_find_sms(sb, hook):
-    iccid = sb.fleet.iccids[60]
-    assert hook.sms_history(iccid) == []
-    assert not hook.find_sms(iccid, "First1")
-    hook.send_sms(iccid, "one", sms_uid="First1")
-    hook.send_sms(iccid, "two\r", sms_uid="Second2")
-    history = hook.sms_history(iccid)
-    assert [m["sms_uid"] for m in history] == ["Second2", "First1"]  # newest first
-    assert history[0]["message_text"] == "two\r"
-    assert [m["sms_uid"] for m in hook.sms_history(iccid, lastx=1)] == ["Second2"]
-    assert hook.find_sms(iccid, "First1")
-    assert not hook.find_sms(iccid, "Other3")
-    with pytest.raises(InvalidRequestError, match=r"^lastx: must be an integer from 1 to 20$"):
-        hook.sms_history(iccid, lastx=21)
-
-
 # ---------------------------------------------------------------------------------------------- test_connection
 def test_test_connection_good_and_bad(sb, hook, monkeypatch):
     ok, message = hook.test_connection()

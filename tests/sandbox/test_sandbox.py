@@ -210,13 +210,42 @@ def test_send_sms_store_and_details(sb, http):
     sms = root.findall("sms")
     assert [s.findtext("sms_uid") for s in sms] == [uid2, "uid1"]
     assert sms[0].findtext("message_text") == "line1\r\nline2 €{}[]~|^ ñÄ@$"
-    assert sms[0].findtext("status") == "delivered" and sms[0].findtext("origin") == "api"
+    assert sms[0].findtext("status") == "pending" and sms[0].findtext("origin") == "api"  # just sent
     datetime.strptime(sms[0].findtext("sent_timestamp"), "%d/%m/%Y %H:%M:%S")
     root = parse(m2m(http, sb, "query_sms_mt_details", f"<iccid>{iccid}</iccid>"))
     assert len(root.findall("sms")) == 1
     assert sb.stats()["sms_per_iccid"] == {iccid: 2}
     rec = sb.received("send_sms")
     assert rec[1]["message_text"] == "line1\r\nline2 €{}[]~|^ ñÄ@$" and rec[0]["origin"] == "4477"
+
+
+def test_sms_delivery_model(sb, http):
+    fleet = sb.fleet
+    fates = {iccid: fleet.sms_fate(iccid) for iccid in fleet.iccids}
+    assert fates == {iccid: Fleet(300, anchor=ANCHOR).sms_fate(iccid) for iccid in fleet.iccids}  # deterministic
+    shares = {
+        fate: sum(1 for f in fates.values() if f == fate) / len(fates) for fate in ("delivered", "pending", "failed")
+    }
+    assert 0.7 < shares["delivered"] < 0.9 and 0.05 < shares["pending"] < 0.2 and 0.03 < shares["failed"] < 0.15
+    assert {fates[iccid] for iccid in fleet.sms_edge_cases.values()} == {"delivered", "pending", "failed"}
+    assert all(fates[i] == "pending" for i in fleet.with_sms_fate("pending"))
+    sb.configure(sms_delivery_delay=0.5)
+    for fate, iccid in fleet.sms_edge_cases.items():
+        parse(send(http, sb, iccid, "hi", f"<sms_uid>{fate[:4]}1</sms_uid>"))
+
+    def statuses():
+        found = {}
+        for fate, iccid in fleet.sms_edge_cases.items():
+            root = parse(m2m(http, sb, "query_sms_mt_details", f"<iccid>{iccid}</iccid>"))
+            found[fate] = (root.findtext("sms/status"), root.findtext("sms/delivered_timestamp") or None)
+        return found
+
+    assert statuses() == {fate: ("pending", None) for fate in fleet.sms_edge_cases}
+    time.sleep(0.6)
+    after = statuses()
+    assert (after["failed"], after["pending"]) == (("failed", None), ("pending", None))
+    assert after["delivered"][0] == "delivered"
+    datetime.strptime(after["delivered"][1], "%d/%m/%Y %H:%M:%S")
 
 
 @pytest.mark.parametrize(

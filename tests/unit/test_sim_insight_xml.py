@@ -169,9 +169,11 @@ def test_xxe_external_entity_never_expands(tmp_path):
     }
     for command, xml in bodies.items():
         body = f'<?xml version="1.0"?>{doctype}{xml}'.encode()
-        parse = sim_insight.sms_history if command == "query_sms_mt_details" else None
         with pytest.raises(ProtocolError, match="carries a DTD; refused") as info:
-            parse(body) if parse else sim_insight.parse_response(command.strip(), body)
+            if command == "query_sms_mt_details":
+                sim_insight.sms_mt_details("8925401000000000012", body)
+            else:
+                sim_insight.parse_response(command.strip(), body)
         assert "XXE-SECRET-CONTENT-42" not in str(info.value)
 
 
@@ -239,22 +241,9 @@ def test_changed_since_is_inclusive_and_unknown_never_changed():
     assert at.changed_since(pendulum.datetime(2026, 11, 19, 3, tz="Africa/Nairobi"))  # 00:00 UTC
 
 
-def test_sms_receipt_and_history():
+def test_sms_receipt_as_dict():
     assert SmsReceipt("8925401000000000012", "U1").as_dict() == {
         "iccid": "8925401000000000012",
         "sms_uid": "U1",
         "outcome": "success",
     }
-    body = response(
-        "query_sms_mt_details",
-        "<sms><sms_uid>B</sms_uid><status>delivered</status></sms><sms><sms_uid>A</sms_uid><status>pending</status></sms>",
-    )
-    assert sim_insight.sms_history(body) == [
-        {"sms_uid": "B", "status": "delivered"},
-        {"sms_uid": "A", "status": "pending"},
-    ]
-    assert sim_insight.sms_history(response("query_sms_mt_details", "<sms/>")) == []
-    with pytest.raises(M2mApiError, match="invalid iccid"):
-        sim_insight.sms_history(
-            response("query_sms_mt_details", "<error_description>invalid iccid</error_description>", "failure")
-        )

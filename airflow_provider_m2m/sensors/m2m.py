@@ -1,0 +1,175 @@
+"""Sensor that waits until SMS sent through SIM Insight are delivered (or failed)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+
+from airflow_provider_m2m.delivery import DeliveryWatch, messages_to_watch
+from airflow_provider_m2m.hooks.m2m import M2mHook
+from airflow_provider_m2m.operators._common import as_int, bad_input_fails_task
+from airflow_provider_m2m.triggers.m2m import POLL_RETRY_POLICY, SmsDeliveryTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Task state store key of what a rescheduled sensor has learnt so far.
+STATE_KEY = "sms_delivery"
+
+
+class SmsDeliverySensor(BaseSensorOperator):
+    """
+    Wait until every SMS is delivered or failed, polling SIM Insight's ``query_sms_mt_details``.
+
+    SIM Insight's send call only means "accepted": a device that is off gets its message later (the platform
+    keeps trying for at least 72 hours). Messages are matched by ``sms_uid`` among each SIM's last ``lastx``
+    messages; one query per SIM covers all its watched messages. Each poke asks about at most
+    ``max_requests_per_poke`` SIMs whose messages are not final yet, those asked longest ago first, with at
+    most ``max_workers`` queries in flight; a failed query is not retried within the poke (the next poke
+    asks again).
+
+    With ``deferrable=True`` (default: ``[operators] default_deferrable``) the sensor pokes once in the
+    worker, then hands the waiting to the triggerer (:class:`~airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger`),
+    so a thousand pending messages hold no worker slot. ``mode="reschedule"`` keeps what it learnt in the
+    task state store between pokes.
+
+    Returns (XCom) one row per message: ``iccid``, ``sms_uid``, ``state`` (``delivered``, ``failed``,
+    ``pending``, ``unknown`` for a status word the provider does not know, ``not_found``, ``unchecked``),
+    ``status`` (the platform's word), ``sent_at``, ``delivered_at`` (ISO 8601, UTC) and ``error``. When the
+    wait times out the same rows are pushed to XCom before the sensor fails (or is skipped, with
+    ``soft_fail=True``), so a downstream report with ``trigger_rule="all_done"`` still has them.
+
+    .. code-block:: python
+
+        sent = SendSmsOperator(task_id="send", iccids=sims, message_text="Reboot tonight")
+        SmsDeliverySensor(task_id="delivered", messages=sent.output, timeout=2 * 3600, soft_fail=True)
+
+    :param messages: what to watch: SendSmsOperator's output (also mapped: a list of lists; rows whose
+        ``outcome`` is neither ``success`` nor ``unknown`` are left out, nothing was sent), ``{iccid,
+        sms_uid}`` rows or ``[iccid, sms_uid]`` pairs. Templated.
+    :param m2m_conn_id: the SIM Insight connection. Templated.
+    :param max_requests_per_poke: SIM queries per poke (1-10000, default 100).
+    :param max_workers: queries in flight at once (1-64, default 8).
+    :param lastx: messages asked for per SIM (1-20, default 20): the watched message must still be among
+        the SIM's last ``lastx`` messages.
+    :param deferrable: wait in the triggerer instead of a worker.
+    :param poke_interval: seconds between pokes (default 60).
+    """
+
+    template_fields: Sequence[str] = ("messages", "m2m_conn_id")
+    template_fields_renderers = {"messages": "json"}
+    ui_color = "#e8f0d8"
+
+    def __init__(
+        self,
+        *,
+        messages: Any,
+        m2m_conn_id: str = M2mHook.default_conn_name,
+        max_requests_per_poke: int = 100,
+        max_workers: int = 8,
+        lastx: int = 20,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: dt.timedelta | float = 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        self.messages = messages
+        self.m2m_conn_id = m2m_conn_id
+        self.max_requests_per_poke = max_requests_per_poke
+        self.max_workers = max_workers
+        self.lastx = lastx
+        self.deferrable = deferrable
+        self._watch: DeliveryWatch | None = None
+
+    @cached_property
+    def hook(self) -> M2mHook:
+        """The SIM Insight hook, polling politely (one attempt per query per poke)."""
+        return M2mHook(m2m_conn_id=self.m2m_conn_id, retry_policy=POLL_RETRY_POLICY)
+
+    def execute(self, context: Context) -> Any:
+        with bad_input_fails_task():
+            pairs, skipped = messages_to_watch(self.messages)
+            self.max_requests_per_poke = as_int(self.max_requests_per_poke, "max_requests_per_poke", 1, 10_000)
+            self.max_workers = as_int(self.max_workers, "max_workers", 1, 64)
+            self.lastx = as_int(self.lastx, "lastx", 1, 20)
+            self.hook.api_id  # noqa: B018 - a connection without api_id is bad input: fail before polling
+        if skipped:
+            self.log.info("%d rows were not sent (their outcome says so); not waiting for them", skipped)
+        store = context.get("task_state_store")
+        known = store.get(STATE_KEY) if store is not None and self.reschedule else None
+        self._watch = DeliveryWatch(pairs, known if isinstance(known, list) else None)
+        if not self._watch.deliveries:
+            self.log.info("No message to wait for")
+            return []
+        self.log.info("Waiting for %d messages to %d SIMs", len(pairs), len({n for n, _ in pairs}))
+        if not self.deferrable:
+            try:
+                return super().execute(context)
+            except (AirflowSensorTimeout, AirflowSkipException):
+                self._keep_report(context, self._watch.report())
+                raise
+        if self.poke(context):  # settled already: no need to defer
+            return self._watch.report()
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.timeout)
+        self.defer(
+            trigger=SmsDeliveryTrigger(
+                messages=[list(pair) for pair in pairs],
+                deadline=deadline.isoformat(),
+                m2m_conn_id=self.m2m_conn_id,
+                poke_interval=self.poke_interval,
+                max_requests_per_poke=self.max_requests_per_poke,
+                max_workers=self.max_workers,
+                lastx=self.lastx,
+                known=self._watch.known(),
+                wait_first=True,
+                exponential_backoff=self.exponential_backoff,
+                max_wait=self.max_wait.total_seconds() if self.max_wait else None,
+            ),
+            method_name="execute_complete",
+            # The trigger ends itself at the deadline with a report; this is only the safety net.
+            timeout=dt.timedelta(seconds=self.timeout + 10 * self.poke_interval + 60),
+        )
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        watch = self._watch
+        assert watch is not None, "execute() builds the watch"
+        self.hook.connection  # noqa: B018 - fetch and mask on this thread, outside the event loop
+        with bad_input_fails_task():
+            asked, failed = asyncio.run(
+                watch.poll(
+                    lambda numbers: self.hook.aquery_sms_mt_details_many(numbers, self.lastx, self.max_workers),
+                    self.max_requests_per_poke,
+                )
+            )
+        self.log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
+        store = context.get("task_state_store")
+        if store is not None and self.reschedule:
+            store.set(STATE_KEY, watch.known())
+        if watch.settled:
+            return PokeReturnValue(is_done=True, xcom_value=watch.report())
+        return False
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Resume after the trigger: return the report, or keep it and fail (skip) on timeout or error."""
+        rows = event.get("deliveries", [])
+        watch = DeliveryWatch([(r["iccid"], r["sms_uid"]) for r in rows], rows)
+        self.log.info("%s", watch.summary())
+        if event.get("status") == "success":
+            return rows
+        self._keep_report(context, rows)
+        if event.get("status") == "timeout":
+            raise AirflowSensorTimeout(f"Not every SMS was delivered or failed: {event.get('message')}")
+        raise AirflowFailException(f"Waiting for SMS delivery failed: {event.get('message')}")
+
+    def _keep_report(self, context: Context, rows: list[dict[str, Any]]) -> None:
+        unsettled = [r for r in rows if r["state"] not in ("delivered", "failed")]
+        shown = "; ".join(f"{r['iccid']} {r['sms_uid']}: {r['state']}" for r in unsettled[:20])
+        more = f" and {len(unsettled) - 20} more" if len(unsettled) > 20 else ""
+        self.log.warning("%d of %d messages not delivered or failed yet: %s%s", len(unsettled), len(rows), shown, more)
+        context["ti"].xcom_push(key="return_value", value=rows)

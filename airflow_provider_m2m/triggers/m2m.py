@@ -1,0 +1,126 @@
+"""Trigger that waits for SIM Insight SMS delivery in the triggerer, so no worker slot is held."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_m2m.delivery import DeliveryWatch
+from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
+from airflow_provider_m2m.hooks.m2m import M2mHook
+from airflow_provider_m2m.transport import RetryPolicy
+
+#: Polling asks each SIM once per round and never retries within it: the next round asks again anyway,
+#: and a struggling platform gets a longer pause (the round's interval backs off) instead of more requests.
+POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
+
+
+class SmsDeliveryTrigger(BaseTrigger):
+    """
+    Poll ``query_sms_mt_details`` until every message is delivered or failed, or the deadline passes.
+
+    Each round asks about at most ``max_requests_per_poke`` SIMs (those asked longest ago first), at most
+    ``max_workers`` at a time, then sleeps ``poke_interval``; a round in which queries failed doubles the
+    sleep (up to ``max_wait``), as does every round with ``exponential_backoff``. Polling only reads, so a
+    triggerer restart that runs this again from its kwargs is harmless.
+
+    Fires one event: ``{"status": "success" | "timeout" | "error", "deliveries": [...], "message": str}``
+    where ``deliveries`` are :meth:`DeliveryWatch.report` rows.
+
+    :param messages: ``[iccid, sms_uid]`` pairs.
+    :param deadline: ISO 8601 moment (with a timezone) when waiting ends.
+    :param m2m_conn_id: the SIM Insight connection.
+    :param poke_interval: seconds between rounds.
+    :param max_requests_per_poke: SIM queries per round.
+    :param max_workers: queries in flight at once.
+    :param lastx: messages asked for per SIM (1-20); the watched message must be among them.
+    :param known: what the sensor learnt before deferring (:meth:`DeliveryWatch.known`).
+    :param wait_first: sleep one interval before the first round (the sensor has just poked).
+    :param exponential_backoff: double the interval after every round.
+    :param max_wait: the longest interval when backing off (default 16 × ``poke_interval``).
+    """
+
+    def __init__(
+        self,
+        *,
+        messages: list[list[str]],
+        deadline: str,
+        m2m_conn_id: str = M2mHook.default_conn_name,
+        poke_interval: float = 60.0,
+        max_requests_per_poke: int = 100,
+        max_workers: int = 8,
+        lastx: int = 20,
+        known: list[dict[str, Any]] | None = None,
+        wait_first: bool = False,
+        exponential_backoff: bool = False,
+        max_wait: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.messages = [list(pair) for pair in messages]
+        self.deadline = deadline
+        self.m2m_conn_id = m2m_conn_id
+        self.poke_interval = float(poke_interval)
+        self.max_requests_per_poke = int(max_requests_per_poke)
+        self.max_workers = int(max_workers)
+        self.lastx = int(lastx)
+        self.known = list(known or [])
+        self.wait_first = bool(wait_first)
+        self.exponential_backoff = bool(exponential_backoff)
+        self.max_wait = float(max_wait) if max_wait is not None else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The class path and the JSON-safe kwargs that rebuild this trigger."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "messages": self.messages,
+                "deadline": self.deadline,
+                "m2m_conn_id": self.m2m_conn_id,
+                "poke_interval": self.poke_interval,
+                "max_requests_per_poke": self.max_requests_per_poke,
+                "max_workers": self.max_workers,
+                "lastx": self.lastx,
+                "known": self.known,
+                "wait_first": self.wait_first,
+                "exponential_backoff": self.exponential_backoff,
+                "max_wait": self.max_wait,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll round after round; yield one event and stop."""
+        deadline = dt.datetime.fromisoformat(self.deadline)
+        watch = DeliveryWatch(self.messages, self.known)
+        hook = M2mHook(self.m2m_conn_id, retry_policy=POLL_RETRY_POLICY)
+        longest = self.max_wait if self.max_wait is not None else 16 * self.poke_interval
+        interval = self.poke_interval
+        wait = self.wait_first
+        try:
+            while True:
+                if wait:
+                    left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+                    if left <= 0:
+                        yield TriggerEvent(self._event("timeout", watch, f"the wait ended at {self.deadline}"))
+                        return
+                    await asyncio.sleep(min(interval, left))
+                wait = True
+                asked, failed = await watch.poll(
+                    lambda numbers: hook.aquery_sms_mt_details_many(numbers, self.lastx, self.max_workers),
+                    self.max_requests_per_poke,
+                )
+                self.log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
+                if watch.settled:
+                    yield TriggerEvent(self._event("success", watch, "every message is delivered or failed"))
+                    return
+                backing_off = failed or self.exponential_backoff
+                interval = min(longest, interval * 2) if backing_off else self.poke_interval
+        except (AuthenticationError, InvalidRequestError) as exc:
+            yield TriggerEvent(self._event("error", watch, str(exc)))
+
+    @staticmethod
+    def _event(status: str, watch: DeliveryWatch, message: str) -> dict[str, Any]:
+        return {"status": status, "message": message, "deliveries": watch.report()}
