@@ -5,20 +5,26 @@ Fill in the form: the SIMs (a list of ICCIDs, or a fleet file), the message, its
 this is a dry run. A dry run (the default) validates everything and writes the report of what would be
 sent, sending nothing. A real run validates everything first (one bad ICCID or one character outside the
 GSM 7-bit alphabet fails the run before any message goes out), sends in mapped batches sharing the
-``m2m_platform`` pool, and writes a per-SIM outcome report (``sms_uid``, ``outcome``, ``error``).
-A retried batch never resends to a SIM it already reached.
+``m2m_platform`` pool, waits (in the triggerer, holding no worker slot) up to the chosen number of minutes
+for the messages to be delivered, and writes a per-SIM report: ``sms_uid``, ``outcome`` of the send,
+``error``, and the ``delivery`` state (delivered, failed, pending...) with ``delivered_at``. A retried
+batch never resends to a SIM it already reached. Messages still pending when the wait ends are reported
+as pending (a device that is off gets its message when it comes back: the platform keeps trying for 72
+hours); the run fails only when a message was not accepted by the platform.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_m2m.operators.m2m import SendSmsOperator
+from airflow_provider_m2m.sensors.m2m import SmsDeliverySensor
 
 POOL = "m2m_platform"
-OUTCOME_COLUMNS = ["iccid", "sms_uid", "outcome", "error"]
+REPORT_COLUMNS = ["iccid", "sms_uid", "outcome", "error", "delivery", "delivery_status", "delivered_at"]
 
 with DAG(
     dag_id="sms_notification_run",
@@ -67,6 +73,17 @@ with DAG(
             type="boolean",
             title="Dry run",
             description="Validate and report what would be sent, without sending anything.",
+        ),
+        "delivery_wait_minutes": Param(
+            30,
+            type="integer",
+            minimum=0,
+            maximum=4320,
+            title="Wait for delivery (minutes)",
+            description=(
+                "How long to wait for the messages to reach the devices before writing the report (0: look "
+                "once). Messages to devices that are off stay pending; the platform keeps trying for 72 hours."
+            ),
         ),
         "batch_size": Param(200, type="integer", minimum=1, maximum=5000, title="SIMs per batch"),
         "report_base_uri": Param(
@@ -118,33 +135,58 @@ with DAG(
     ).expand(iccids=batches_to_send(plan))
 
     @task(trigger_rule="all_done")
-    def write_report(batches: list[list[str]], params=None, ti=None, run_id=None) -> dict:
-        """Write the per-SIM outcome report; fail the run if any SIM was not confirmed sent."""
+    def collect_outcomes(batches: list[list[str]], params=None, ti=None) -> list[dict]:
+        """One row per SIM: what the send did (from each batch, even a failed one), or dry_run."""
+        if params["dry_run"]:
+            return [{"iccid": i, "sms_uid": None, "outcome": "dry_run", "error": None} for b in batches for i in b]
+        rows = []
+        for index, batch in enumerate(batches):
+            rows += (
+                ti.xcom_pull(task_ids="send_sms", map_indexes=index)
+                or ti.xcom_pull(task_ids="send_sms", map_indexes=index, key="outcomes")
+                or [{"iccid": i, "outcome": "not_attempted", "error": "the batch task did not run"} for i in batch]
+            )
+        return rows
+
+    @task
+    def delivery_wait(rows: list[dict], params=None) -> list[dict]:
+        """The delivery wait's arguments: one wait over every message sent, or none on a dry run."""
+        sent = [row for row in rows if row.get("sms_uid")]
+        return [{"messages": sent, "timeout": 60 * params["delivery_wait_minutes"]}] if sent else []
+
+    outcomes = collect_outcomes(plan)
+    send >> outcomes
+
+    # Mapped over one set of arguments so the form's wait can set the sensor's timeout (an init argument).
+    # Deferrable: the triggerer polls; a wait that ends with messages pending is skipped, not failed.
+    delivered = SmsDeliverySensor.partial(
+        task_id="wait_for_delivery",
+        deferrable=True,
+        poke_interval=10,
+        exponential_backoff=True,
+        max_wait=300,
+        soft_fail=True,
+    ).expand_kwargs(delivery_wait(outcomes))
+
+    @task(trigger_rule="all_done")
+    def write_report(rows: list[dict], params=None, ti=None, run_id=None) -> dict:
+        """Write the per-SIM report; fail the run if any SIM was not confirmed sent."""
         from airflow_provider_m2m.files import report_folder, write_csv
 
-        if params["dry_run"]:
-            rows = [{"iccid": i, "outcome": "dry_run"} for batch in batches for i in batch]
-        else:
-            rows = []
-            for index in range(len(batches)):
-                done = ti.xcom_pull(task_ids="send_sms", map_indexes=index)
-                rows += (
-                    done
-                    or ti.xcom_pull(task_ids="send_sms", map_indexes=index, key="outcomes")
-                    or [
-                        {"iccid": i, "outcome": "not_attempted", "error": "the batch task did not run"}
-                        for i in batches[index]
-                    ]
-                )
-        uri = report_folder(params["report_base_uri"], "sms_notification_run", run_id) + "/outcomes.csv"
-        write_csv(uri, OUTCOME_COLUMNS, rows)
-        tally: dict[str, int] = {}
+        deliveries = {} if params["dry_run"] else ti.xcom_pull(task_ids="wait_for_delivery", map_indexes=0) or []
+        by_message = {(d["iccid"], d["sms_uid"]): d for d in deliveries}
         for row in rows:
-            tally[row["outcome"]] = tally.get(row["outcome"], 0) + 1
-        print(f"Report: {uri}\nOutcomes: {tally}")
+            found = by_message.get((row["iccid"], row.get("sms_uid")), {})
+            row.update(delivery=found.get("state"), delivery_status=found.get("status"))
+            row["delivered_at"] = found.get("delivered_at")
+        uri = report_folder(params["report_base_uri"], "sms_notification_run", run_id) + "/outcomes.csv"
+        write_csv(uri, REPORT_COLUMNS, rows)
+        tally = dict(Counter(row["outcome"] for row in rows))
+        delivery = dict(Counter(row["delivery"] for row in rows if row["delivery"]))
+        print(f"Report: {uri}\nOutcomes: {tally}\nDelivery: {delivery or 'not waited for'}")
         unconfirmed = {k: v for k, v in tally.items() if k not in ("success", "dry_run")}
         if unconfirmed:
             raise RuntimeError(f"report written to {uri}, but not every SMS was confirmed sent: {unconfirmed}")
-        return {"report_csv": uri, "outcomes": tally}
+        return {"report_csv": uri, "outcomes": tally, "delivery": delivery}
 
-    write_report(plan) << send
+    write_report(outcomes) << delivered

@@ -237,12 +237,20 @@ def test_sms_dry_run_sends_nothing(sb, sms_dag, tmp_path):
     assert [(row["iccid"], row["outcome"]) for row in rows] == [(i, "dry_run") for i in default]
 
 
-def test_sms_real_run_sends_exactly_once(sb, sms_dag, tmp_path):
-    iccids = sb.fleet.iccids[10:13]
+def test_sms_real_run_sends_exactly_once_and_waits_for_delivery(sb, sms_dag, tmp_path):
+    iccids = sb.fleet.with_sms_fate("delivered")[:2] + sb.fleet.with_sms_fate("failed")[:1]
     message = "Service notice: tracker update tonight at 23:00."
-    conf = {"dry_run": False, "iccids": iccids, "report_base_uri": tmp_path.as_uri(), "message_text": message}
+    conf = {
+        "dry_run": False,
+        "iccids": iccids,
+        "report_base_uri": tmp_path.as_uri(),
+        "message_text": message,
+        "delivery_wait_minutes": 2,
+    }
     dr = sms_dag.test(run_conf=conf)
-    assert dr.state == "success", _states(dr)
+    states = _states(dr)
+    assert dr.state == "success", states
+    assert states[("wait_for_delivery", 0)] == "success"  # every message settled within the wait
     assert sb.stats()["sms_per_iccid"] == {i: 1 for i in iccids}
     rows = {row["iccid"]: row for row in _rows(_one(tmp_path, "outcomes.csv"))}
     assert set(rows) == set(iccids)
@@ -252,6 +260,26 @@ def test_sms_real_run_sends_exactly_once(sb, sms_dag, tmp_path):
     assert set(sent) == set(iccids)
     for iccid in iccids:
         assert (sent[iccid]["message_text"], sent[iccid]["sms_uid"]) == (message, rows[iccid]["sms_uid"])
+    assert [rows[i]["delivery"] for i in iccids] == ["delivered", "delivered", "failed"]
+    assert all(rows[i]["delivered_at"] for i in iccids[:2]) and not rows[iccids[2]]["delivered_at"]
+
+
+def test_sms_run_reports_messages_still_pending_when_the_wait_ends(sb, sms_dag, tmp_path):
+    sb.configure(sms_delivery_delay=0)
+    cases = sb.fleet.sms_edge_cases
+    iccids = [cases["delivered"], cases["pending"], cases["failed"]]
+    conf = {"dry_run": False, "iccids": iccids, "report_base_uri": tmp_path.as_uri(), "delivery_wait_minutes": 0}
+    dr = sms_dag.test(run_conf=conf)
+    states = _states(dr)
+    assert dr.state == "success", states  # every SMS was accepted: a device that is off is not an error
+    assert states[("wait_for_delivery", 0)] == "skipped"  # the wait ended with a message pending
+    rows = {row["iccid"]: row for row in _rows(_one(tmp_path, "outcomes.csv"))}
+    assert [(rows[i]["outcome"], rows[i]["delivery"]) for i in iccids] == [
+        ("success", "delivered"),
+        ("success", "pending"),
+        ("success", "failed"),
+    ]
+    assert rows[cases["pending"]]["delivery_status"] == "pending"
 
 
 def test_sms_invalid_message_fails_before_any_request(sb, sms_dag, tmp_path):
