@@ -17,6 +17,8 @@ from airflow_provider_m2m.transport import RetryPolicy
 #: Polling asks each SIM once per round and never retries within it: the next round asks again anyway,
 #: and a struggling platform gets a longer pause (the round's interval backs off) instead of more requests.
 POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
+#: The shortest pause between two rounds, whatever poke_interval says: never a busy loop against the platform.
+MIN_INTERVAL = 0.1
 
 
 class SmsDeliveryTrigger(BaseTrigger):
@@ -106,7 +108,7 @@ class SmsDeliveryTrigger(BaseTrigger):
                     if left <= 0:
                         yield TriggerEvent(self._event("timeout", watch, f"the wait ended at {self.deadline}"))
                         return
-                    await asyncio.sleep(min(interval, left))
+                    await asyncio.sleep(min(max(interval, MIN_INTERVAL), left))
                 wait = True
                 asked, failed = await watch.poll(
                     lambda numbers: hook.aquery_sms_mt_details_many(numbers, self.lastx, self.max_workers),
