@@ -4,13 +4,15 @@ The Airflow UI as a new user meets it, in a real browser (headless Chromium) aga
 In order, sharing one logged-in tab: create ``m2m_default`` and ``daraja_default`` through the connection form,
 pointing at the session sandbox; trigger ``sms_notification_run`` from its trigger form (three ICCIDs, dry run off)
 and check the sandbox received exactly those three messages; trigger it with a character outside the GSM 7-bit
-alphabet and check the run fails with the validation message in the task log and nothing reaches the sandbox.
+alphabet and check the run fails with the validation message in the task log and nothing reaches the sandbox; look
+at the screening run's trigger form.
 Screenshots of the forms go to the folder printed at the end of the session.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from urllib.parse import quote
 
@@ -141,7 +143,23 @@ def test_daraja_connection_form(page, airflow_server, sandbox, screenshots):
 
 # ---------------------------------------------------------------------- 2, 3. the SMS run's trigger form
 
-PARAM_TITLES = ["ICCIDs", "Message", "Data coding", "Dry run", "SIMs per batch", "Report folder"]
+# The form's fields as the user reads them, in order (fields added later may sit anywhere between them).
+SMS_PARAM_TITLES = [
+    "ICCIDs",
+    "Fleet file (optional)",
+    "Message",
+    "Data coding",
+    "Dry run",
+    "SIMs per batch",
+    "Report folder",
+]
+SCREENING_PARAM_TITLES = [
+    "Phone numbers",
+    "Numbers file (optional)",
+    "Window (days)",
+    "When a number was swapped recently",
+    "Report folder",
+]
 
 
 def _run_ids(airflow_server) -> set[str]:
@@ -150,18 +168,27 @@ def _run_ids(airflow_server) -> set[str]:
     return {run["dag_run_id"] for run in body["dag_runs"]}
 
 
-def _trigger_sms_run(page: Page, airflow_server, iccids: list[str], message: str, screenshot=None) -> dict:
-    """Fill the trigger form as a user would (dry run off), trigger, and return the new run (from the API)."""
-    before = _run_ids(airflow_server)
-    page.goto(f"/dags/{DAG_ID}")
+def _open_trigger_form(page: Page, dag_id: str, titles: list[str]):
+    """Open a DAG's trigger form; check its fields' titles are shown, in this order."""
+    page.goto(f"/dags/{dag_id}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
-    expect(dialog.get_by_role("heading", name=f"Trigger Dag - {DAG_ID}")).to_be_visible()
-    form = dialog.locator("[id^=element_]")
-    expect(form.first).to_be_visible()
+    expect(dialog.get_by_role("heading", name=f"Trigger Dag - {dag_id}")).to_be_visible()
+    expect(dialog.get_by_text("Run Parameters", exact=True)).to_be_visible()
+    for title in titles:
+        expect(dialog.locator("label").filter(has_text=title).first).to_be_visible()
     labels = [text.strip(" *\n") for text in dialog.locator("label").all_inner_texts()]
-    shown = [title for title in labels if title in PARAM_TITLES]
-    assert shown == PARAM_TITLES, f"the form's fields, in order: {labels}"
+    assert [label for label in labels if label in titles] == titles, f"the form's labels, in order: {labels}"
+    return dialog
+
+
+def _trigger_sms_run(page: Page, airflow_server, iccids: list[str], message: str, screenshots=None) -> dict:
+    """Fill the trigger form as a user would (dry run off), trigger, and return the new run (from the API)."""
+    before = _run_ids(airflow_server)
+    dialog = _open_trigger_form(page, DAG_ID, SMS_PARAM_TITLES)
+    expect(dialog.get_by_text("Turn it off to send the SMS.")).to_be_visible()
+    if screenshots:
+        page.screenshot(path=screenshots / "04-sms-trigger-form-defaults.png")
 
     dialog.locator("#element_iccids").fill("\n".join(iccids))
     dialog.locator("#element_message_text").fill(message)
@@ -172,11 +199,11 @@ def _trigger_sms_run(page: Page, airflow_server, iccids: list[str], message: str
     status, dag = airflow_server.api("GET", f"/api/v2/dags/{DAG_ID}")
     if dag["is_paused"]:  # new DAGs start paused: the form offers to unpause, ticked
         expect(dialog.get_by_label(f"Unpause {DAG_ID} on trigger")).to_be_checked()
-    if screenshot:
-        page.screenshot(path=screenshot)
+    if screenshots:
+        page.screenshot(path=screenshots / "05-sms-trigger-form-filled.png")
     dialog.get_by_role("button", name="Trigger").click()
     expect(dialog).to_be_hidden()
-    expect(page.get_by_text("Dag Run Triggered")).to_be_visible()
+    expect(page.get_by_text("Dag Run Triggered").first).to_be_visible()  # the toast (drawn twice while it enters)
 
     new = airflow_server.wait_until(lambda: _run_ids(airflow_server) - before, 30, "the triggered run")
     assert len(new) == 1, new
@@ -218,13 +245,13 @@ def test_sms_run_from_trigger_form_sends_three_messages(page, airflow_server, sa
     iccids = sms_target_iccids(sandbox.fleet)
     sandbox.reset()
     started = time.monotonic()
-    run = _trigger_sms_run(page, airflow_server, iccids, SEND_TEXT, screenshots / "04-sms-trigger-form.png")
+    run = _trigger_sms_run(page, airflow_server, iccids, SEND_TEXT, screenshots)
     run = _finished_run(airflow_server, run["dag_run_id"])
     states = _task_states(airflow_server, run["dag_run_id"])
     assert run["state"] == "success", f"run {run['dag_run_id']} {run['state']}: {states}"
     print(f"run {run['dag_run_id']} succeeded in {time.monotonic() - started:.0f} s: {states}")
     _expect_run_state_in_ui(page, run["dag_run_id"], "Success")
-    page.screenshot(path=screenshots / "05-sms-run-succeeded.png")
+    page.screenshot(path=screenshots / "06-sms-run-succeeded.png")
 
     sent = sandbox.received("send_sms")
     assert len(sent) == 3, f"{len(sent)} send_sms requests: {[(e['iccid'], e['status']) for e in sent]}"
@@ -243,9 +270,23 @@ def test_non_gsm_message_fails_before_sending(page, airflow_server, sandbox, scr
     assert states["validate_and_plan"] == "failed", states
     assert not any(task.startswith("send_sms") and state == "success" for task, state in states.items()), states
 
-    # The task log, as the UI shows it, names the field, the character and the rule.
+    # The task log, as the UI shows it, names the field, the character and the rule. The log view does not wrap
+    # long lines by default (this one runs past the panel's edge): turn wrapping on, as a reader would.
     page.goto(f"/dags/{DAG_ID}/runs/{quote(run['dag_run_id'], safe='')}/tasks/validate_and_plan")
-    expect(page.get_by_text(NON_GSM_ERROR).first).to_be_visible()
-    page.screenshot(path=screenshots / "06-non-gsm-message-task-log.png")
+    message = page.get_by_text(NON_GSM_ERROR).first
+    expect(message).to_be_visible()
+    page.get_by_role("button", name="Log Settings").click()
+    page.get_by_role("menuitem", name="Wrap").click()
+    expect(message).to_be_in_viewport(ratio=1)
+    page.screenshot(path=screenshots / "07-non-gsm-message-task-log.png")
 
     assert sandbox.received() == [], "the sandbox received requests although the message was invalid"
+
+
+def test_sim_swap_screening_trigger_form(page, screenshots):
+    dialog = _open_trigger_form(page, "sim_swap_screening", SCREENING_PARAM_TITLES)
+    expect(dialog.locator("#element_msisdns")).to_have_value(re.compile(r"^254\d{9}\n"))
+    expect(dialog.get_by_text("Continue: write the report")).to_be_visible()  # on_recent_swap's default, as shown
+    page.screenshot(path=screenshots / "08-sim-swap-screening-trigger-form.png")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()

@@ -223,9 +223,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     import tempfile
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the components on SIGTERM as on Ctrl-C
     with AirflowServer(Path(tempfile.mkdtemp(prefix="m2m-ui-airflow-"))) as server:
         print(f"Airflow at {server.base_url}  user {server.username}  password {server.password}")
         print(f"home {server.home}; Ctrl-C stops it", flush=True)
