@@ -16,6 +16,7 @@ import re
 import time
 from urllib.parse import quote
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 DAG_ID = "sms_notification_run"
@@ -68,6 +69,14 @@ def _expect_extra_fields(dialog, labels: list[str]) -> None:
         expect(dialog.locator("label").filter(has_text=label).first).to_be_visible()
 
 
+def _fill_secret(field, value: str) -> None:
+    """Fill a password field; a failure's message (Playwright's call log echoes ``fill("...")``) never holds it."""
+    try:
+        field.fill(value)
+    except PlaywrightError as exc:
+        raise AssertionError(str(exc).replace(value, "***")) from None
+
+
 def _save_connection(page: Page, dialog, conn_id: str) -> None:
     dialog.get_by_role("button", name="Save").click()
     expect(dialog).to_be_hidden()
@@ -95,7 +104,7 @@ def test_m2m_connection_form(page, airflow_server, sandbox, screenshots):
     expect(password).to_have_attribute("type", "password")  # masked, also in the screenshots
     dialog.get_by_label("Base URL", exact=True).fill(sandbox.url)
     dialog.get_by_label("API username", exact=True).fill(creds["m2m_username"])
-    password.fill(creds["m2m_password"])
+    _fill_secret(password, creds["m2m_password"])
     page.screenshot(path=screenshots / "01-m2m-connection-standard-fields.png")
 
     _expect_extra_fields(dialog, ["API ID", "Timeout (s)", "Verify TLS", "Max requests per second"])
@@ -131,7 +140,7 @@ def test_daraja_connection_form(page, airflow_server, sandbox, screenshots):
     expect(secret).to_have_attribute("type", "password")
     dialog.get_by_label("Base URL", exact=True).fill(sandbox.url)
     dialog.get_by_label("Consumer key", exact=True).fill(creds["daraja_key"])
-    secret.fill(creds["daraja_secret"])
+    _fill_secret(secret, creds["daraja_secret"])
     _expect_extra_fields(dialog, ["Timeout (s)", "Max requests per second"])
     expect(dialog.locator("#element_api_id")).to_have_count(0)  # a SIM Insight field only
     page.screenshot(path=screenshots / "03-daraja-connection.png")
