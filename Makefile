@@ -30,7 +30,7 @@ chromium:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		echo "chromium not found: installing Debian's chromium package"; \
 		$$SUDO apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; }
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the UI tests cannot run" >&2; exit 1; }
 
 test-ui: $(UI_STAMP) chromium
