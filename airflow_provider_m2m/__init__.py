@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 _M2M_FIELDS = {
     "api_id": {
         "label": "API ID",
-        "description": "The account's SIM Insight API id (sent as the api_id attribute of every request).",
+        "description": "The API ID of your SIM Insight account (letters and digits, e.g. 123456); sent with every "
+        "request.",
         "schema": {"type": "string", "pattern": "^[0-9A-Za-z]+$"},
     },
     "timeout": {
@@ -22,7 +23,8 @@ _M2M_FIELDS = {
     },
     "max_requests_per_second": {
         "label": "Max requests per second",
-        "description": "Client-side rate limit per task, shared by its concurrent calls (empty: no limit).",
+        "description": "At most this many requests per second from one task, all its concurrent calls together; "
+        "set it a little under the platform's limit. Empty: no limit.",
         "schema": {"type": ["number", "null"], "minimum": 0},
     },
 }

@@ -39,8 +39,11 @@ with DAG(
         "msisdn_file_uri": Param(
             None,
             type=["null", "string"],
-            title="...or a file",
-            description="URI of a CSV with a msisdn column; its numbers are added to the list above.",
+            title="Numbers file (optional)",
+            description=(
+                "URI of a CSV file with a msisdn column, e.g. s3://bucket/numbers.csv or file:///data/numbers.csv. "
+                "Its numbers are added to the list above."
+            ),
         ),
         "within_days": Param(
             30,

@@ -40,13 +40,19 @@ with DAG(
             type=["array", "null"],
             items={"type": "string"},
             title="ICCIDs",
-            description="One ICCID per line (18-22 digits). Leave empty to use the fleet file below.",
+            description=(
+                "One ICCID per line, 18 to 22 digits (spaces and dashes are ignored). May be left empty when a "
+                "fleet file is given below."
+            ),
         ),
         "fleet_uri": Param(
             None,
             type=["null", "string"],
-            title="...or a fleet file",
-            description="URI of a CSV with an iccid column; its SIMs are added to the list above.",
+            title="Fleet file (optional)",
+            description=(
+                "URI of a CSV file with an iccid column, e.g. s3://bucket/fleet.csv or file:///data/fleet.csv. "
+                "Its SIMs are added to the ICCIDs above."
+            ),
         ),
         "message_text": Param(
             "Service notice: your tracker will update tonight.",
@@ -67,12 +73,16 @@ with DAG(
             enum=["default", "binary"],
             values_display={"default": "Text (GSM 7-bit)", "binary": "Binary (base64)"},
             title="Data coding",
+            description="Text: an ordinary SMS. Binary: the message is base64, and its decoded bytes are sent.",
         ),
         "dry_run": Param(
             True,
             type="boolean",
             title="Dry run",
-            description="Validate and report what would be sent, without sending anything.",
+            description=(
+                "On: only validate and write the report of what would be sent; nothing is sent. "
+                "Turn it off to send the SMS."
+            ),
         ),
         "delivery_wait_minutes": Param(
             30,
@@ -90,7 +100,9 @@ with DAG(
             None,
             type=["null", "string"],
             title="Report folder",
-            description="URI under which reports are written (default: reports/ under the Airflow home).",
+            description=(
+                "Where the outcome report goes, e.g. s3://bucket/reports (empty: reports/ under the Airflow home)."
+            ),
         ),
     },
 ) as dag:
