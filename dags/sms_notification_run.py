@@ -95,7 +95,14 @@ with DAG(
                 "once). Messages to devices that are off stay pending; the platform keeps trying for 72 hours."
             ),
         ),
-        "batch_size": Param(200, type="integer", minimum=1, maximum=5000, title="SIMs per batch"),
+        "batch_size": Param(
+            200,
+            type="integer",
+            minimum=1,
+            maximum=5000,
+            title="SIMs per batch",
+            description="SIMs per send task; the batches run side by side, sharing the m2m_platform pool.",
+        ),
         "report_base_uri": Param(
             None,
             type=["null", "string"],
@@ -162,9 +169,8 @@ with DAG(
 
     @task
     def delivery_wait(rows: list[dict], params=None) -> list[dict]:
-        """The delivery wait's arguments: one wait over every message sent, or none on a dry run."""
-        sent = [row for row in rows if row.get("sms_uid")]
-        return [{"messages": sent, "timeout": 60 * params["delivery_wait_minutes"]}] if sent else []
+        """The delivery wait's arguments: one wait (it leaves out the SIMs nothing went to), none on a dry run."""
+        return [] if params["dry_run"] else [{"messages": rows, "timeout": 60 * params["delivery_wait_minutes"]}]
 
     outcomes = collect_outcomes(plan)
     send >> outcomes
@@ -185,12 +191,13 @@ with DAG(
         """Write the per-SIM report; fail the run if any SIM was not confirmed sent."""
         from airflow_provider_m2m.files import report_folder, write_csv
 
-        deliveries = {} if params["dry_run"] else ti.xcom_pull(task_ids="wait_for_delivery", map_indexes=0) or []
+        deliveries = ti.xcom_pull(task_ids="wait_for_delivery", map_indexes=0) or []  # none on a dry run
         by_message = {(d["iccid"], d["sms_uid"]): d for d in deliveries}
         for row in rows:
             found = by_message.get((row["iccid"], row.get("sms_uid")), {})
-            row.update(delivery=found.get("state"), delivery_status=found.get("status"))
-            row["delivered_at"] = found.get("delivered_at")
+            row.update(
+                delivery=found.get("state"), delivery_status=found.get("status"), delivered_at=found.get("delivered_at")
+            )
         uri = report_folder(params["report_base_uri"], "sms_notification_run", run_id) + "/outcomes.csv"
         write_csv(uri, REPORT_COLUMNS, rows)
         tally = dict(Counter(row["outcome"] for row in rows))

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
-from airflow_provider_m2m.delivery import DeliveryWatch, messages_to_watch
+from airflow_provider_m2m.delivery import FINAL_STATES, DeliveryWatch, messages_to_watch
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators._common import as_int, bad_input_fails_task
-from airflow_provider_m2m.triggers.m2m import POLL_RETRY_POLICY, SmsDeliveryTrigger
+from airflow_provider_m2m.triggers.m2m import POLL_RETRY_POLICY, SmsDeliveryTrigger, poll_round
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -141,13 +141,16 @@ class SmsDeliverySensor(BaseSensorOperator):
         assert watch is not None, "execute() builds the watch"
         self.hook.connection  # noqa: B018 - fetch and mask on this thread, outside the event loop
         with bad_input_fails_task():
-            asked, failed = asyncio.run(
-                watch.poll(
-                    lambda numbers: self.hook.aquery_sms_mt_details_many(numbers, self.lastx, self.max_workers),
-                    self.max_requests_per_poke,
+            asyncio.run(
+                poll_round(
+                    self.hook,
+                    watch,
+                    budget=self.max_requests_per_poke,
+                    lastx=self.lastx,
+                    max_workers=self.max_workers,
+                    log=self.log,
                 )
             )
-        self.log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
         store = context.get("task_state_store")
         if store is not None and self.reschedule:
             store.set(STATE_KEY, watch.known())
@@ -168,7 +171,7 @@ class SmsDeliverySensor(BaseSensorOperator):
         raise AirflowFailException(f"Waiting for SMS delivery failed: {event.get('message')}")
 
     def _keep_report(self, context: Context, rows: list[dict[str, Any]]) -> None:
-        unsettled = [r for r in rows if r["state"] not in ("delivered", "failed")]
+        unsettled = [r for r in rows if r["state"] not in FINAL_STATES]
         shown = "; ".join(f"{r['iccid']} {r['sms_uid']}: {r['state']}" for r in unsettled[:20])
         more = f" and {len(unsettled) - 20} more" if len(unsettled) > 20 else ""
         self.log.warning("%d of %d messages not delivered or failed yet: %s%s", len(unsettled), len(rows), shown, more)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,20 @@ from airflow_provider_m2m.transport import RetryPolicy
 POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
 #: The shortest pause between two rounds, whatever poke_interval says: never a busy loop against the platform.
 MIN_INTERVAL = 0.1
+
+
+async def poll_round(
+    hook: M2mHook, watch: DeliveryWatch, *, budget: int, lastx: int, max_workers: int, log: logging.Logger
+) -> int:
+    """
+    One round of polling, the same in a sensor's poke and in the trigger: ask about the SIMs ``watch`` says
+    are due (at most ``budget``), record the answers, log the tally. Returns how many queries failed.
+    """
+    asked, failed = await watch.poll(
+        lambda numbers: hook.aquery_sms_mt_details_many(numbers, lastx, max_workers), budget
+    )
+    log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
+    return failed
 
 
 class SmsDeliveryTrigger(BaseTrigger):
@@ -110,11 +125,14 @@ class SmsDeliveryTrigger(BaseTrigger):
                         return
                     await asyncio.sleep(min(max(interval, MIN_INTERVAL), left))
                 wait = True
-                asked, failed = await watch.poll(
-                    lambda numbers: hook.aquery_sms_mt_details_many(numbers, self.lastx, self.max_workers),
-                    self.max_requests_per_poke,
+                failed = await poll_round(
+                    hook,
+                    watch,
+                    budget=self.max_requests_per_poke,
+                    lastx=self.lastx,
+                    max_workers=self.max_workers,
+                    log=self.log,
                 )
-                self.log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
                 if watch.settled:
                     yield TriggerEvent(self._event("success", watch, "every message is delivered or failed"))
                     return
