@@ -69,12 +69,15 @@ class M2mApiError(M2mProviderError):
 
     :param command: the command that failed (``query_imei``, ``send_sms``, ...).
     :param description: the platform's error description, e.g. ``invalid iccid``.
+    :param iccid: the SIM the call was about (every per-SIM call names it), or None.
     """
 
-    def __init__(self, command: str, description: str) -> None:
+    def __init__(self, command: str, description: str, iccid: str | None = None) -> None:
         self.command = command
         self.description = description
-        super().__init__(f"SIM Insight {command} failed: {description}")
+        self.iccid = iccid
+        about = f" for SIM {iccid}" if iccid else ""
+        super().__init__(f"SIM Insight {command}{about} failed: {description}")
 
 
 class DarajaApiError(M2mProviderError):

@@ -152,11 +152,12 @@ class PlatformHook(BaseHook):
         interpret: Callable[[Reply], R],
         *,
         what: str,
+        idempotent: bool = True,
         **kwargs: Any,
     ) -> R:
-        """The concurrent twin of :meth:`request` (idempotent calls only), over a batch's aiohttp session."""
+        """The concurrent twin of :meth:`request`, over a batch's aiohttp session; the same retry rules."""
         return await transport.call_async(
-            self.attempts(what),
+            self.attempts(what, idempotent=idempotent),
             lambda: transport.send_async(client, method, url, **kwargs),
             interpret,
             self.limiter,

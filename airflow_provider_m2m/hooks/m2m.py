@@ -83,7 +83,10 @@ class M2mHook(PlatformHook):
     def _body(self, command: str, fields: Iterable[tuple[str, str | None]]) -> bytes:
         return sim_insight.build_request(command, **self._credentials, fields=fields)
 
-    def _interpret(self, command: str, parse: Callable[[bytes, list[str]], Any] | None = None) -> Any:
+    def _interpret(
+        self, command: str, parse: Callable[[bytes, list[str]], Any] | None = None, *, iccid: str | None = None
+    ) -> Any:
+        """Turn a final reply into the command's result; a platform failure names ``iccid`` (the SIM asked about)."""
         secrets = [self.connection.password or ""]
 
         def interpret(reply: Reply) -> Any:
@@ -99,11 +102,21 @@ class M2mHook(PlatformHook):
                 return sim_insight.parse_response(command, reply.body, secrets)
             except AuthenticationError as exc:
                 raise AuthenticationError(f"Connection {self.conn_id!r}: {exc}") from None
+            except M2mApiError as exc:
+                if iccid is None or exc.iccid is not None:
+                    raise
+                raise M2mApiError(exc.command, exc.description, iccid=iccid) from None
 
         return interpret
 
     def call(
-        self, command: str, fields: Iterable[tuple[str, str | None]], *, what: str, idempotent: bool = True
+        self,
+        command: str,
+        fields: Iterable[tuple[str, str | None]],
+        *,
+        what: str,
+        idempotent: bool = True,
+        iccid: str | None = None,
     ) -> dict[str, str | None]:
         """
         Send one SIM Insight command and return the response's fields (empty elements as None).
@@ -112,11 +125,12 @@ class M2mHook(PlatformHook):
         :param fields: ``(element, text)`` pairs after the authentication block.
         :param what: a secret-free description for logs and errors.
         :param idempotent: False when the command must never be carried out twice.
+        :param iccid: the SIM the command is about: a platform failure (:class:`M2mApiError`) names it.
         """
         return self.request(
             "POST",
             self.base_url,
-            self._interpret(command),
+            self._interpret(command, iccid=iccid),
             what=what,
             idempotent=idempotent,
             data=self._body(command, fields),
@@ -131,7 +145,7 @@ class M2mHook(PlatformHook):
         :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
         """
         number = iccid_rules.validate(iccid)
-        fields = self.call("query_imei", [("iccid", number)], what=f"query_imei {number}")
+        fields = self.call("query_imei", [("iccid", number)], what=f"query_imei {number}", iccid=number)
         return sim_insight.imei_record(number, fields)
 
     def query_imeis(self, iccids: Iterable[str], max_workers: int | None = None) -> Iterator[ImeiRecord]:
@@ -146,7 +160,6 @@ class M2mHook(PlatformHook):
         :param max_workers: calls in flight at once (default 16).
         """
         numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
-        interpret = self._interpret("query_imei")
         body = sim_insight.request_template("query_imei", **self._credentials, field="iccid")
 
         async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
@@ -155,7 +168,7 @@ class M2mHook(PlatformHook):
                     client,
                     "POST",
                     self.base_url,
-                    interpret,
+                    self._interpret("query_imei", iccid=number),
                     what=f"query_imei {number}",
                     data=body(number),
                     headers=_HEADERS,
@@ -188,28 +201,70 @@ class M2mHook(PlatformHook):
         :param origin: the sender number (digits); honoured on some SIM types only.
         :param sms_uid: the message's uid (1-12 ASCII letters/digits); generated when not given.
         """
+        number, uid, fields = self._sms_request(iccid, message_text, data_coding, origin, sms_uid)
+        try:
+            answer = self.call(
+                "send_sms", fields, what=f"send_sms {number} sms_uid={uid}", idempotent=False, iccid=number
+            )
+        except OutcomeUnknownError as exc:
+            raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
+        return SmsReceipt(iccid=number, sms_uid=answer.get("sms_uid") or uid)
+
+    async def asend_sms(
+        self,
+        client: aiohttp.ClientSession,
+        iccid: str,
+        message_text: str,
+        data_coding: str = "default",
+        origin: str | None = None,
+        sms_uid: str | None = None,
+    ) -> SmsReceipt:
+        """
+        :meth:`send_sms` over a batch's aiohttp session (the ``work`` of :meth:`map_concurrently`), under the
+        same rules: retried only on an answer that proves the platform did not act (connection refused,
+        429, 503); otherwise exactly one request and :class:`OutcomeUnknownError` carrying the ``sms_uid``.
+
+        :param client: the batch's session.
+        :param iccid: the SIM's ICCID.
+        :param message_text: as for :meth:`send_sms`.
+        :param data_coding: ``default`` or ``binary``.
+        :param origin: the sender number (digits), or None.
+        :param sms_uid: the message's uid; generated when not given.
+        """
+        number, uid, fields = self._sms_request(iccid, message_text, data_coding, origin, sms_uid)
+        try:
+            answer = await self.arequest(
+                client,
+                "POST",
+                self.base_url,
+                self._interpret("send_sms", iccid=number),
+                what=f"send_sms {number} sms_uid={uid}",
+                idempotent=False,
+                data=self._body("send_sms", fields),
+                headers=_HEADERS,
+            )
+        except OutcomeUnknownError as exc:
+            raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
+        return SmsReceipt(iccid=number, sms_uid=answer.get("sms_uid") or uid)
+
+    @staticmethod
+    def _sms_request(
+        iccid: str, message_text: str, data_coding: str, origin: str | None, sms_uid: str | None
+    ) -> tuple[str, str, list[tuple[str, str | None]]]:
+        """Validate one SMS; return the ICCID, the uid (generated when None) and the request's fields."""
         number = iccid_rules.validate(iccid)
         coding = sms.validate_data_coding(data_coding)
         text = sms.validate_message(message_text, coding)
         sender = sms.validate_origin(origin) if origin is not None else None
         uid = sms.validate_uid(sms_uid) if sms_uid is not None else sms.random_uid()
-        what = f"send_sms {number} sms_uid={uid}"
-        try:
-            fields = self.call(
-                "send_sms",
-                [
-                    ("iccid", number),
-                    ("message_text", text),
-                    ("data_coding", coding),
-                    ("origin", sender),
-                    ("sms_uid", uid),
-                ],
-                what=what,
-                idempotent=False,
-            )
-        except OutcomeUnknownError as exc:
-            raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
-        return SmsReceipt(iccid=number, sms_uid=fields.get("sms_uid") or uid)
+        fields = [
+            ("iccid", number),
+            ("message_text", text),
+            ("data_coding", coding),
+            ("origin", sender),
+            ("sms_uid", uid),
+        ]
+        return number, uid, fields
 
     def query_sms_mt_details(self, iccid: str, lastx: int = 1) -> list[SmsDetails]:
         """
@@ -269,12 +324,28 @@ class M2mHook(PlatformHook):
 
     def _sms_mt_details_interpret(self, number: str) -> Callable[[Reply], list[SmsDetails]]:
         return self._interpret(
-            "query_sms_mt_details", lambda body, secrets: sim_insight.sms_mt_details(number, body, secrets)
+            "query_sms_mt_details",
+            lambda body, secrets: sim_insight.sms_mt_details(number, body, secrets),
+            iccid=number,
         )
 
     def find_sms(self, iccid: str, sms_uid: str) -> bool:
         """True when the platform's recent history (last 20 messages) for the SIM holds ``sms_uid``."""
         return any(m.sms_uid == sms_uid for m in self.query_sms_mt_details(iccid, lastx=20))
+
+    async def afind_sms(self, client: aiohttp.ClientSession, iccid: str, sms_uid: str) -> bool:
+        """:meth:`find_sms` over a batch's aiohttp session (it only reads: retried like any query)."""
+        number = iccid_rules.validate(iccid)
+        messages = await self.arequest(
+            client,
+            "POST",
+            self.base_url,
+            self._sms_mt_details_interpret(number),
+            what=f"query_sms_mt_details {number}",
+            data=self._body("query_sms_mt_details", [("iccid", number), ("lastx", "20")]),
+            headers=_HEADERS,
+        )
+        return any(m.sms_uid == sms_uid for m in messages)
 
     def test_connection(self) -> tuple[bool, str]:
         """

@@ -11,18 +11,15 @@ import pendulum
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_m2m.exceptions import (
-    AuthenticationError,
-    InvalidRequestError,
-    M2mProviderError,
-    OutcomeUnknownError,
-)
-from airflow_provider_m2m.files import chunked, write_csv
+from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.files import write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators._common import Progress, as_workers, bad_input_fails_task
-from airflow_provider_m2m.operators._ledger import SmsLedger
+from airflow_provider_m2m.operators._common import as_workers, bad_input_fails_task
+from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
+from airflow_provider_m2m.sms_ledger import SmsLedger
+from airflow_provider_m2m.sms_sending import Message, send_once_each
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -145,18 +142,25 @@ class QueryImeiOperator(BaseOperator):
 
 class SendSmsOperator(BaseOperator):
     """
-    Send one SMS to each SIM, never twice.
+    Send one SMS to each SIM, never twice, with up to ``max_workers`` sends in flight.
 
     Everything is validated first (every ICCID, the text against the GSM 7-bit rules, data coding, origin,
-    uid); any invalid item fails the task with :class:`AirflowFailException` and nothing at all is sent.
-    Each SIM gets its own ``sms_uid``, derived from the run, task, map index and ICCID so a retry reuses it.
+    uid); any invalid item fails the task with :class:`AirflowFailException` and nothing at all is sent. A
+    SIM listed twice gets one message (the log says how many duplicates were dropped); an empty list sends
+    nothing and succeeds with ``[]``. Each SIM gets its own ``sms_uid``, derived from the run, task, map
+    index and ICCID so a retry reuses it.
 
-    Sends are recorded in Airflow's task state store, write-ahead, 25 SIMs at a time: ``pending`` before the
-    chunk's first request, ``sent`` after the platform's acknowledgements. A retry of the task skips the SIMs
-    recorded as sent; for a SIM left ``pending`` (the worker died mid-chunk, or the outcome was unknown) it
-    looks the uid up in the platform's SMS history first and resends only when it is not there. At the end the task
-    fails, listing them, if any SIM failed or its outcome stayed unknown; Airflow's retries then finish the
-    job without duplicates.
+    Sends are recorded write-ahead in a ledger (:class:`~airflow_provider_m2m.sms_ledger.SmsLedger`: Airflow's
+    task state store), a window of SIMs at a time: ``pending`` before the window's first request can leave,
+    ``sent`` after the platform's acknowledgement, ``failed`` when the platform refused the SIM for good. A
+    retry skips the SIMs recorded as sent or refused; a SIM left ``pending`` (the worker died, or the outcome
+    was unknown) is looked up in the platform's SMS history first and resent only when its uid is not there.
+    On Airflow without a task state store a retry looks every SIM up that way (a first try needs no look-up).
+
+    After every SIM was tried the task fails, listing them, when any SIM is not confirmed sent: retryably
+    (:class:`AirflowException`) when an outcome is unknown or the platform turned every attempt away, so
+    Airflow's retries settle them without duplicates; without retries (:class:`AirflowFailException`) when
+    the only failures are SIMs the platform refused (e.g. ``invalid iccid``): resending cannot help.
 
     :param iccids: one ICCID or a list. Templated.
     :param message_text: GSM 7-bit text (at most 160 septets; ^ { } \\ [ ~ ] | € count two), or base64 for
@@ -165,9 +169,18 @@ class SendSmsOperator(BaseOperator):
     :param origin: sender number (digits); honoured on some SIM types only. Templated.
     :param sms_uid: the message's uid (1-12 ASCII letters/digits); only allowed with a single SIM. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
+    :param max_workers: sends in flight at once (default 16, as for the queries). Templated.
     """
 
-    template_fields: Sequence[str] = ("iccids", "message_text", "data_coding", "origin", "sms_uid", "m2m_conn_id")
+    template_fields: Sequence[str] = (
+        "iccids",
+        "message_text",
+        "data_coding",
+        "origin",
+        "sms_uid",
+        "m2m_conn_id",
+        "max_workers",
+    )
     template_fields_renderers = {"message_text": "txt"}
     ui_color = "#f3e0d8"
 
@@ -180,6 +193,7 @@ class SendSmsOperator(BaseOperator):
         origin: str | None = None,
         sms_uid: str | None = None,
         m2m_conn_id: str = M2mHook.default_conn_name,
+        max_workers: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,6 +203,7 @@ class SendSmsOperator(BaseOperator):
         self.origin = origin
         self.sms_uid = sms_uid
         self.m2m_conn_id = m2m_conn_id
+        self.max_workers = max_workers
 
     @cached_property
     def hook(self) -> M2mHook:
@@ -204,7 +219,9 @@ class SendSmsOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with bad_input_fails_task():
-            numbers = list(dict.fromkeys(iccid_rules.validate_many(self.iccids)))  # one message per SIM
+            nothing = isinstance(self.iccids, (list, tuple)) and not self.iccids  # e.g. no SIM moved today
+            listed = [] if nothing else iccid_rules.validate_many(self.iccids)
+            numbers = list(dict.fromkeys(listed))  # one message per SIM
             coding = sms.validate_data_coding(self.data_coding)
             text = sms.validate_message(self.message_text, coding)
             origin = sms.validate_origin(self.origin) if self.origin not in (None, "") else None
@@ -213,55 +230,48 @@ class SendSmsOperator(BaseOperator):
                     "sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)"
                 )
             fixed_uid = sms.validate_uid(self.sms_uid) if self.sms_uid not in (None, "") else None
+            workers = as_workers(self.max_workers)
+            if not numbers:
+                self.log.info("No SIMs to send to: nothing sent")
+                return []
             self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
-        ti = context["ti"]
-        ledger = SmsLedger(context, self.log)
-        progress = Progress(self.log, "SMS sent", len(numbers))
-        rows = []
-        for chunk_number, chunk in enumerate(chunked(numbers, SmsLedger.CHUNK)):
-            before = ledger.load(chunk_number)
-            ledger.save(chunk_number, {n: "sent" if before.get(n) == "sent" else "pending" for n in chunk})
-            after = {}
-            for number in chunk:
-                uid = fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
-                row, after[number] = self._send_once(number, uid, text, coding, origin, before.get(number))
-                rows.append(row)
-                progress.step()
-            ledger.save(chunk_number, {n: state for n, state in after.items() if state})
-        self.log.info("%s", progress.line())
-        bad = [row for row in rows if row["outcome"] != "success"]
-        if bad:
-            ti.xcom_push(key="outcomes", value=rows)
-            listed = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
-            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise AirflowException(
-                f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed}{more}. "
-                "A retry resends only to these SIMs (checking the platform's SMS history first)."
+        if len(listed) > len(numbers):
+            self.log.info(
+                "%d duplicate ICCIDs dropped: %d SIMs listed, one message each to %d distinct SIMs",
+                len(listed) - len(numbers),
+                len(listed),
+                len(numbers),
             )
-        return rows
+        ti = context["ti"]
 
-    def _send_once(
-        self, number: str, uid: str, text: str, coding: str, origin: str | None, state: str | None
-    ) -> tuple[dict[str, Any], str | None]:
-        """Send unless an earlier try did; return the row and the SIM's state to record."""
-        row = {"iccid": number, "sms_uid": uid, "outcome": "success", "error": None}
-        if state == "sent":
-            self.log.info("SIM %s: SMS %s already sent by an earlier try; not resending", number, uid)
-            return row, "sent"
-        try:
-            if state == "pending" and self.hook.find_sms(number, uid):
-                self.log.info("SIM %s: SMS %s found in the platform's history; not resending", number, uid)
-                return row, "sent"
-        except AuthenticationError as exc:
-            raise AirflowFailException(str(exc)) from None
-        except M2mProviderError as exc:  # cannot tell whether the earlier try's message went out
-            return {**row, "outcome": "unknown", "error": f"SMS history lookup failed: {exc}"}, "pending"
-        try:
-            receipt = self.hook.send_sms(number, text, data_coding=coding, origin=origin, sms_uid=uid)
-        except AuthenticationError as exc:
-            raise AirflowFailException(str(exc)) from None
-        except OutcomeUnknownError as exc:
-            return {**row, "outcome": "unknown", "error": str(exc)}, "pending"  # settled on retry
-        except M2mProviderError as exc:
-            return {**row, "outcome": "failed", "error": str(exc)}, None  # refused: certainly not sent
-        return {**row, "sms_uid": receipt.sms_uid or uid}, "sent"
+        def uid_of(number: str) -> str:
+            return fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
+
+        with bad_input_fails_task():  # refused credentials stop the run: retrying cannot help
+            sent = send_once_each(
+                self.hook,
+                SmsLedger(context, self.log),
+                numbers,
+                uid_of,
+                Message(text, coding, origin),
+                max_workers=workers,
+                log=self.log,
+            )
+        rows = sent.rows
+        bad = [row for row in rows if row["outcome"] != "success"]
+        if not bad:
+            return rows
+        ti.xcom_push(key="outcomes", value=rows)
+        listed_bad = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        retried = [row for row in bad if row["iccid"] not in sent.refused]
+        if not retried:
+            raise AirflowFailException(
+                f"{len(bad)} of {len(rows)} SMS refused by the platform for good, after every SIM was tried: "
+                f"{listed_bad}{more}. Not retried: resending cannot help; fix or remove these SIMs."
+            )
+        refused = f" {len(sent.refused)} refused for good are never resent." if sent.refused else ""
+        raise AirflowException(
+            f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed_bad}{more}. A retry resends only to "
+            f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
+        )

@@ -87,7 +87,7 @@ def test_query_imei_operator(sb, dags_folder, tmp_path):
             "current_imei": None,
             "last_change": None,
             "previous_imei": None,
-            "error": "SIM Insight query_imei failed: invalid iccid",
+            "error": f"SIM Insight query_imei for SIM {NOT_IN_FLEET} failed: invalid iccid",
         }
     }
     assert sorted((r for r in rows if not r["error"]), key=lambda r: r["iccid"]) == sorted(
@@ -127,7 +127,12 @@ def test_query_imei_operator(sb, dags_folder, tmp_path):
         assert by_iccid[iccid] == [row[c] or "" for c in ("iccid", "current_imei", "last_change", "previous_imei")] + [
             ""
         ]
-    assert by_iccid[NOT_IN_FLEET][1:] == ["", "", "", "SIM Insight query_imei failed: invalid iccid"]
+    assert by_iccid[NOT_IN_FLEET][1:] == [
+        "",
+        "",
+        "",
+        f"SIM Insight query_imei for SIM {NOT_IN_FLEET} failed: invalid iccid",
+    ]
     assert sorted(p.name for p in out.parent.iterdir()) == ["imei.csv"]  # no partial file left behind
 
     # A plain string is one ICCID; the IMEISV comes back as a 15-digit IMEI.

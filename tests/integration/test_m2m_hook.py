@@ -117,9 +117,12 @@ def test_query_imei_nothing_known(sb, hook):
 
 
 def test_query_imei_unknown_iccid_is_api_error(sb, hook):
-    with pytest.raises(M2mApiError, match=r"^SIM Insight query_imei failed: invalid iccid$") as info:
+    with pytest.raises(
+        M2mApiError, match=rf"^SIM Insight query_imei for SIM {NOT_IN_FLEET} failed: invalid iccid$"
+    ) as info:
         hook.query_imei(NOT_IN_FLEET)
     assert info.value.description == "invalid iccid"
+    assert info.value.iccid == NOT_IN_FLEET
     assert sb.stats()["requests"] == 1  # a platform failure is an answer: not retried
 
 
@@ -227,7 +230,9 @@ def test_query_imeis_failed_sims_carry_the_error(sb, hook):
     iccids = [sb.fleet.iccids[40], NOT_IN_FLEET, sb.fleet.iccids[41]]
     records = {r.iccid: r for r in hook.query_imeis(iccids)}
     assert set(records) == set(iccids)
-    assert records[NOT_IN_FLEET] == ImeiRecord(NOT_IN_FLEET, error="SIM Insight query_imei failed: invalid iccid")
+    assert records[NOT_IN_FLEET] == ImeiRecord(
+        NOT_IN_FLEET, error=f"SIM Insight query_imei for SIM {NOT_IN_FLEET} failed: invalid iccid"
+    )
     assert records[iccids[0]] == expected(sb, iccids[0])
 
 
@@ -348,8 +353,11 @@ def test_send_sms_gateway_errors_are_outcome_unknown_not_retried(sb, hook, statu
 
 
 def test_send_sms_unknown_iccid_is_api_error(sb, hook):
-    with pytest.raises(M2mApiError, match=r"^SIM Insight send_sms failed: invalid iccid$"):
+    with pytest.raises(
+        M2mApiError, match=rf"^SIM Insight send_sms for SIM {NOT_IN_FLEET} failed: invalid iccid$"
+    ) as info:
         hook.send_sms(NOT_IN_FLEET, "hello")
+    assert info.value.iccid == NOT_IN_FLEET
     assert sb.stats()["requests"] == 1
 
 
