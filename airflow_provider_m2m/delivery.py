@@ -61,6 +61,26 @@ class Delivery:
 
 _DELIVERY_FIELDS = {f.name for f in fields(Delivery)}
 
+#: SIM queries per poke when neither ``max_requests_per_poke`` nor the connection's rate limit says more.
+DEFAULT_REQUESTS_PER_POKE = 100
+
+
+def requests_per_poke(
+    max_requests_per_poke: int | None, poke_interval: float, max_requests_per_second: float | None
+) -> int:
+    """
+    How many SIMs one poke may ask about: the user's ``max_requests_per_poke`` when given; else what the
+    platform's limit (the connection's ``max_requests_per_second``) allows in one ``poke_interval``, so a poke
+    every interval keeps up with any run within the limit (10,000 messages at 200/s: every SIM asked once
+    in 50 s); else :data:`DEFAULT_REQUESTS_PER_POKE`. The hook's rate limiter spaces the queries, so a poke
+    never goes faster than the limit, whatever its size; a poke only asks SIMs still waiting.
+    """
+    if max_requests_per_poke is not None:
+        return max_requests_per_poke
+    if max_requests_per_second:
+        return max(1, int(max_requests_per_second * poke_interval))
+    return DEFAULT_REQUESTS_PER_POKE
+
 
 def messages_to_watch(messages: object) -> tuple[list[tuple[str, str]], int]:
     """

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
-from airflow_provider_m2m.delivery import FINAL_STATES, DeliveryWatch, messages_to_watch
+from airflow_provider_m2m.delivery import FINAL_STATES, DeliveryWatch, messages_to_watch, requests_per_poke
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators._common import as_int, bad_input_fails_task
 from airflow_provider_m2m.triggers.m2m import POLL_RETRY_POLICY, SmsDeliveryTrigger, poll_round
@@ -32,7 +32,10 @@ class SmsDeliverySensor(BaseSensorOperator):
     messages; one query per SIM covers all its watched messages. Each poke asks about at most
     ``max_requests_per_poke`` SIMs whose messages are not final yet, those asked longest ago first, with at
     most ``max_workers`` queries in flight; a failed query is not retried within the poke (the next poke
-    asks again).
+    asks again). Left unset, the budget scales with the run: what the connection's
+    ``max_requests_per_second`` allows in one ``poke_interval`` (10,000 messages at 200/s and a poke every
+    60 s: every SIM asked about in the first poke), or 100 when the connection sets no rate; the hook's
+    rate limiter spaces the queries, so a poke never goes faster than that limit.
 
     With ``deferrable=True`` (default: ``[operators] default_deferrable``) the sensor pokes once in the
     worker, then hands the waiting to the triggerer (:class:`~airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger`),
@@ -54,7 +57,8 @@ class SmsDeliverySensor(BaseSensorOperator):
         ``outcome`` is neither ``success`` nor ``unknown`` are left out, nothing was sent), ``{iccid,
         sms_uid}`` rows or ``[iccid, sms_uid]`` pairs. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
-    :param max_requests_per_poke: SIM queries per poke (1-10000, default 100).
+    :param max_requests_per_poke: SIM queries per poke (1-1000000; default: ``max_requests_per_second`` x
+        ``poke_interval``, or 100 without a rate on the connection).
     :param max_workers: queries in flight at once (1-64, default 8).
     :param lastx: messages asked for per SIM (1-20, default 20): the watched message must still be among
         the SIM's last ``lastx`` messages.
@@ -71,7 +75,7 @@ class SmsDeliverySensor(BaseSensorOperator):
         *,
         messages: Any,
         m2m_conn_id: str = M2mHook.default_conn_name,
-        max_requests_per_poke: int = 100,
+        max_requests_per_poke: int | None = None,
         max_workers: int = 8,
         lastx: int = 20,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -95,10 +99,13 @@ class SmsDeliverySensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         with bad_input_fails_task():
             pairs, skipped = messages_to_watch(self.messages)
-            self.max_requests_per_poke = as_int(self.max_requests_per_poke, "max_requests_per_poke", 1, 10_000)
+            asked_for = self.max_requests_per_poke
+            if asked_for is not None:
+                asked_for = as_int(asked_for, "max_requests_per_poke", 1, 1_000_000)
             self.max_workers = as_int(self.max_workers, "max_workers", 1, 64)
             self.lastx = as_int(self.lastx, "lastx", 1, 20)
             self.hook.api_id  # noqa: B018 - a connection without api_id is bad input: fail before polling
+            self.max_requests_per_poke = requests_per_poke(asked_for, self.poke_interval, self.hook.limiter.rate)
         if skipped:
             self.log.info("%d rows were not sent (their outcome says so); not waiting for them", skipped)
         store = context.get("task_state_store")
@@ -107,7 +114,13 @@ class SmsDeliverySensor(BaseSensorOperator):
         if not self._watch.deliveries:
             self.log.info("No message to wait for")
             return []
-        self.log.info("Waiting for %d messages to %d SIMs", len(pairs), len({n for n, _ in pairs}))
+        self.log.info(
+            "Waiting for %d messages to %d SIMs, asking about at most %d SIMs every %.1fs",
+            len(pairs),
+            len({n for n, _ in pairs}),
+            self.max_requests_per_poke,
+            self.poke_interval,
+        )
         if not self.deferrable:
             try:
                 return super().execute(context)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_m2m.delivery import DeliveryWatch
+from airflow_provider_m2m.delivery import DeliveryWatch, requests_per_poke
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.transport import RetryPolicy
@@ -40,9 +41,12 @@ class SmsDeliveryTrigger(BaseTrigger):
     """
     Poll ``query_sms_mt_details`` until every message is delivered or failed, or the deadline passes.
 
-    Each round asks about at most ``max_requests_per_poke`` SIMs (those asked longest ago first), at most
-    ``max_workers`` at a time, then sleeps ``poke_interval``; a round in which queries failed doubles the
-    sleep (up to ``max_wait``), as does every round with ``exponential_backoff``. Polling only reads, so a
+    A round starts every ``poke_interval`` (a round that takes longer is followed by the next one at once,
+    after at least 0.1 s) and asks about at most ``max_requests_per_poke`` SIMs (those asked longest ago
+    first; unset: what the connection's ``max_requests_per_second`` allows in one ``poke_interval``, see
+    :func:`~airflow_provider_m2m.delivery.requests_per_poke`), at most ``max_workers`` at a time; a round in
+    which queries failed doubles the interval (up to ``max_wait``), as does every round with
+    ``exponential_backoff``. Polling only reads, so a
     triggerer restart that runs this again from its kwargs is harmless.
 
     Fires one event: ``{"status": "success" | "timeout" | "error", "deliveries": [...], "message": str}``
@@ -52,7 +56,7 @@ class SmsDeliveryTrigger(BaseTrigger):
     :param deadline: ISO 8601 moment (with a timezone) when waiting ends.
     :param m2m_conn_id: the SIM Insight connection.
     :param poke_interval: seconds between rounds.
-    :param max_requests_per_poke: SIM queries per round.
+    :param max_requests_per_poke: SIM queries per round (None: derived from the connection's rate limit).
     :param max_workers: queries in flight at once.
     :param lastx: messages asked for per SIM (1-20); the watched message must be among them.
     :param known: what the sensor learnt before deferring (:meth:`DeliveryWatch.known`).
@@ -68,7 +72,7 @@ class SmsDeliveryTrigger(BaseTrigger):
         deadline: str,
         m2m_conn_id: str = M2mHook.default_conn_name,
         poke_interval: float = 60.0,
-        max_requests_per_poke: int = 100,
+        max_requests_per_poke: int | None = None,
         max_workers: int = 8,
         lastx: int = 20,
         known: list[dict[str, Any]] | None = None,
@@ -81,7 +85,7 @@ class SmsDeliveryTrigger(BaseTrigger):
         self.deadline = deadline
         self.m2m_conn_id = m2m_conn_id
         self.poke_interval = float(poke_interval)
-        self.max_requests_per_poke = int(max_requests_per_poke)
+        self.max_requests_per_poke = int(max_requests_per_poke) if max_requests_per_poke is not None else None
         self.max_workers = int(max_workers)
         self.lastx = int(lastx)
         self.known = list(known or [])
@@ -116,19 +120,25 @@ class SmsDeliveryTrigger(BaseTrigger):
         longest = self.max_wait if self.max_wait is not None else 16 * self.poke_interval
         interval = self.poke_interval
         wait = self.wait_first
+        round_started = time.monotonic()
         try:
+            await hook.aconnection()
+            budget = requests_per_poke(self.max_requests_per_poke, self.poke_interval, hook.limiter.rate)
             while True:
                 if wait:
                     left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
                     if left <= 0:
                         yield TriggerEvent(self._event("timeout", watch, f"the wait ended at {self.deadline}"))
                         return
-                    await asyncio.sleep(min(max(interval, MIN_INTERVAL), left))
+                    # Rounds start every interval: a big round's own duration counts towards the pause.
+                    pause = interval - (time.monotonic() - round_started)
+                    await asyncio.sleep(min(max(pause, MIN_INTERVAL), left))
                 wait = True
+                round_started = time.monotonic()
                 failed = await poll_round(
                     hook,
                     watch,
-                    budget=self.max_requests_per_poke,
+                    budget=budget,
                     lastx=self.lastx,
                     max_workers=self.max_workers,
                     log=self.log,
