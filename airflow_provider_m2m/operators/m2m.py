@@ -14,12 +14,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.files import write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators._common import as_workers, bad_input_fails_task
+from airflow_provider_m2m.operators.arguments import as_workers
 from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.sms_ledger import SmsLedger
 from airflow_provider_m2m.sms_sending import Message, send_once_each
+from airflow_provider_m2m.task_failures import bad_input_fails_task
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -1,27 +1,9 @@
-"""What the operators share: bad input fails the task at once, small argument coercions."""
+"""Operator arguments as a DAG author writes them (often templated text), turned into checked values."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from airflow.sdk.exceptions import AirflowFailException
-
-from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
+from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
-
-
-@contextmanager
-def bad_input_fails_task() -> Iterator[None]:
-    """
-    Turn bad input and refused credentials into :class:`AirflowFailException`: retrying cannot fix either.
-
-    The message is the rule that was broken, naming the field; nothing has been sent at that point.
-    """
-    try:
-        yield
-    except (InvalidRequestError, AuthenticationError) as exc:
-        raise AirflowFailException(str(exc)) from None
 
 
 def as_int(value: object, field: str, low: int, high: int) -> int:
