@@ -44,10 +44,19 @@ def record_pid(context):
         f.write(f"{{ti.task_id}} {{ti.try_number}} {{os.getpid()}}\\n")
 
 
+class NoStoreSendSmsOperator(SendSmsOperator):
+    # What the operator sees on Airflow 3.1 / 3.2: a context without a task state store.
+    def execute(self, context):
+        return super().execute({{k: v for k, v in context.items() if k != "task_state_store"}})
+
+
 common = dict(retries=1, retry_delay=dt.timedelta(0), on_execute_callback=record_pid)
+sms = NoStoreSendSmsOperator if {no_store!r} else SendSmsOperator
 with DAG("crash_resume", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), catchup=False):
-    SendSmsOperator(task_id="sms", iccids={sms_iccids!r}, message_text="Service window tonight 22:00-23:00", **common)
-    QueryImeiOperator(task_id="audit", iccids={audit_iccids!r}, output_uri={uri!r}, max_workers=2, **common)
+    sms(task_id="sms", iccids={sms_iccids!r}, message_text="Service window tonight 22:00-23:00", max_workers=16,
+        **common)
+    if {audit_iccids!r}:
+        QueryImeiOperator(task_id="audit", iccids={audit_iccids!r}, output_uri={uri!r}, max_workers=2, **common)
 """
 
 DRIVER = """
@@ -75,14 +84,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_path):
-    fleet = sb.fleet.iccids
-    sms_iccids, audit_iccids = fleet[:SMS_SIMS], fleet[SMS_SIMS : SMS_SIMS + AUDIT_SIMS]
-    pidfile, report = tmp_path / "pids", tmp_path / "out" / "audit.csv"
+def run_killed(sb, dags_folder, tmp_path, targets: dict[str, tuple[str, int]], **dag_args):
+    """
+    Run the DAG under LocalExecutor in a subprocess, SIGKILL each target task's first try once the sandbox
+    has counted ``at`` requests of its command, and return (result, killed, elapsed, driver output).
+    """
+    pidfile = tmp_path / "pids"
     dag_file = dags_folder / "crash_resume.py"
-    dag_file.write_text(
-        DAG_SOURCE.format(pidfile=str(pidfile), sms_iccids=sms_iccids, audit_iccids=audit_iccids, uri=report.as_uri())
-    )
+    dag_file.write_text(DAG_SOURCE.format(pidfile=str(pidfile), **dag_args))
     (tmp_path / "driver.py").write_text(DRIVER)
     sb.configure(latency=0.01)  # so the watcher can catch the tasks part-way
     port = free_port()
@@ -95,7 +104,6 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
     killed: dict[str, tuple[int, int]] = {}  # task -> (pid, counter when killed)
 
     def watch(stop: threading.Event) -> None:
-        targets = {"sms": ("send_sms", SMS_KILL_AT), "audit": ("query_imei", AUDIT_KILL_AT)}
         while not stop.is_set() and len(killed) < len(targets):
             pids = {}
             if pidfile.exists():
@@ -129,17 +137,44 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
     output = log_path.read_text()
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, output[-4000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
-    stats = sb.stats()
+    assert set(killed) == set(targets), (killed, output[-3000:])
+    return json.loads(lines[-1][len("RESULT ") :]), killed, elapsed, output
 
-    assert set(killed) == {"sms", "audit"}, (killed, output[-3000:])
+
+def in_flight_at_kill(sb, sims: list[str], first_try_sends: int) -> set[str]:
+    """The SIMs whose message the platform received among the first ``first_try_sends`` send requests."""
+    return {e["iccid"] for e in sb.received("send_sms")[:first_try_sends]} & set(sims)
+
+
+def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_path):
+    fleet = sb.fleet.iccids
+    sms_iccids, audit_iccids = fleet[:SMS_SIMS], fleet[SMS_SIMS : SMS_SIMS + AUDIT_SIMS]
+    report = tmp_path / "out" / "audit.csv"
+    result, killed, elapsed, _ = run_killed(
+        sb,
+        dags_folder,
+        tmp_path,
+        {"sms": ("send_sms", SMS_KILL_AT), "audit": ("query_imei", AUDIT_KILL_AT)},
+        no_store=False,
+        sms_iccids=sms_iccids,
+        audit_iccids=audit_iccids,
+        uri=report.as_uri(),
+    )
+    stats = sb.stats()
     assert result["state"] == "success", result
     assert result["tis"] == {"sms": ["success", 2], "audit": ["success", 2]}, result
 
-    # SMS: every SIM exactly one message, none twice, across the killed try and the retry.
+    # SMS, 16 in flight: every SIM exactly one message, none twice, across the killed try and the retry; the
+    # SIMs left pending at the kill (at most two ledger windows) were looked up, not resent.
     per_sim = stats["sms_per_iccid"]
     assert per_sim == dict.fromkeys(sms_iccids, 1), {k: v for k, v in per_sim.items() if v != 1}
     history_lookups = stats["by_command"].get("query_sms_mt_details", 0)
+    assert 0 < history_lookups <= 2 * 64
+    looked_up = {e["iccid"] for e in sb.received("query_sms_mt_details")}
+    sent_before_kill = in_flight_at_kill(sb, sms_iccids, killed["sms"][1])
+    resent = [e["iccid"] for e in sb.received("send_sms")[killed["sms"][1] :] if e["iccid"] in sent_before_kill]
+    assert resent == [] and looked_up & sent_before_kill, "SIMs reached before the kill were settled, not resent"
+    assert stats["max_in_flight"] > 2  # the sends really overlapped
 
     # Audit: the retry wrote the whole report; every ICCID exactly once; no half-written file left.
     with report.open(newline="") as f:
@@ -150,12 +185,42 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
 
     print(
         f"\n[crash-resume] dag.test(use_executor=True) in {elapsed:.1f}s; "
-        f"SMS task SIGKILLed (pid {killed['sms'][0]}) after {killed['sms'][1]} of {SMS_SIMS} sends, retried: "
-        f"{sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM {max(per_sim.values())}, "
+        f"SMS task (16 in flight) SIGKILLed (pid {killed['sms'][0]}) after {killed['sms'][1]} of {SMS_SIMS} sends, "
+        f"retried: {sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM {max(per_sim.values())}, "
         f"{stats['by_command'].get('send_sms', 0)} send_sms requests, {history_lookups} history lookup(s) "
         f"for SIMs left 'pending' in the task state store"
     )
     print(
         f"[crash-resume] audit task SIGKILLed (pid {killed['audit'][0]}) after {killed['audit'][1]} queries, "
         f"retried: report has {len(rows)} rows for {AUDIT_SIMS} SIMs, each ICCID once, no .partial file left"
+    )
+
+
+def test_sigkill_then_retry_without_a_task_state_store_looks_every_sim_up(sb, dags_folder, tmp_path):
+    """Airflow 3.1 / 3.2 have no task state store: the retry settles every SIM from the SMS history."""
+    sms_iccids = sb.fleet.iccids[SMS_SIMS : 2 * SMS_SIMS]
+    result, killed, elapsed, _ = run_killed(
+        sb,
+        dags_folder,
+        tmp_path,
+        {"sms": ("send_sms", SMS_KILL_AT)},
+        no_store=True,
+        sms_iccids=sms_iccids,
+        audit_iccids=[],
+        uri="",
+    )
+    stats = sb.stats()
+    assert result["state"] == "success", result
+    assert result["tis"] == {"sms": ["success", 2]}, result
+    per_sim = stats["sms_per_iccid"]
+    assert per_sim == dict.fromkeys(sms_iccids, 1), {k: v for k, v in per_sim.items() if v != 1}
+    lookups = [e["iccid"] for e in sb.received("query_sms_mt_details")]
+    assert sorted(lookups) == sorted(sms_iccids)  # the retry, and only the retry, asked about each SIM once
+    first_try_sends = killed["sms"][1]
+    retry_sends = sb.received("send_sms")[first_try_sends:]
+    assert all(e["iccid"] not in in_flight_at_kill(sb, sms_iccids, first_try_sends) for e in retry_sends)
+    print(
+        f"\n[crash-resume, no task state store] in {elapsed:.1f}s: SIGKILLed after {first_try_sends} of {SMS_SIMS} "
+        f"sends, retried: {sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM "
+        f"{max(per_sim.values())}, {len(lookups)} history lookups (one per SIM, on the retry only)"
     )
