@@ -85,3 +85,56 @@ def test_audit_under_faults(faulty, monkeypatch):
         f"({sum(faults.values()) / sent:.1%}) by kind {dict(sorted(faults.items()))}; "
         f"SIMs queried more than once: {sum(1 for n in queried.values() if n > 1)}"
     )
+
+
+# Faults an SMS send meets: refusals the hook retries (503, 429), a connection dropped before the platform
+# acted (retried: it provably did not act), and answers lost after it acted (dropped, or slower than the
+# 1 s timeout): those come back `unknown` and the task's retry settles them from the SMS history.
+SMS_MIX = {"503": 0.03, "429": 0.002, "drop": 0.02, "drop_after": 0.025, "slow": 0.025}
+
+SMS_DAG = """
+import datetime as dt
+from airflow.sdk import DAG
+from airflow_provider_m2m.operators.m2m import SendSmsOperator
+
+with DAG("sms_under_faults", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)):
+    SendSmsOperator(task_id="send", iccids={iccids!r}, message_text="Firmware update tonight", m2m_conn_id="faulty_m2m",
+                    max_workers=16, retries=6, retry_delay=dt.timedelta(0))
+"""
+
+
+def test_sms_under_faults_one_message_per_sim(faulty, dags_folder, monkeypatch):
+    from conftest import load_dag
+
+    faulty.reset()
+    conn = json.loads(faulty.conn_env(timeout=1)["AIRFLOW_CONN_M2M_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_FAULTY_M2M", json.dumps(conn))
+    for kind, rate in SMS_MIX.items():
+        faulty.inject(kind, rate=rate, platform="m2m", retry_after=1 if kind == "429" else None, slow_seconds=2)
+    iccids = Fleet(FLEET, seed=7, anchor=ANCHOR).iccids
+    dag = load_dag(dags_folder, SMS_DAG.format(iccids=iccids), "sms_under_faults")
+
+    started = time.monotonic()
+    dr = dag.test()
+    elapsed = time.monotonic() - started
+    stats = faulty.stats()
+    faulty.clear_faults()
+
+    (ti,) = dr.get_task_instances()
+    assert dr.state == "success", ti.state
+    assert ti.try_number >= 2  # the first try ended with unknown outcomes, which a retry settled
+    assert stats["sms_per_iccid"] == dict.fromkeys(iccids, 1), "every SIM exactly one message, none twice"
+    rows = ti.xcom_pull(task_ids="send")
+    assert [r["iccid"] for r in rows] == iccids and {r["outcome"] for r in rows} == {"success"}  # nothing lost
+    faults = stats["faults"]
+    acted_unanswered = faults.get("drop_after", 0) + faults.get("slow", 0)
+    assert acted_unanswered > 0
+    lookups = stats["by_command"].get("query_sms_mt_details", 0)
+    assert lookups >= 1  # the unknown ones were looked up before anything was resent
+    sends = stats["by_command"]["send_sms"]
+    print(
+        f"\n[faults] SMS to {len(iccids)} SIMs, 16 in flight, {sum(faults.values())} faults injected "
+        f"({sum(faults.values()) / stats['requests']:.1%} of {stats['requests']} requests) by kind "
+        f"{dict(sorted(faults.items()))}: {ti.try_number} tries in {elapsed:.1f}s, {sends} send_sms requests, "
+        f"{lookups} history lookups; every SIM exactly one message"
+    )
