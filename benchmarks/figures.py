@@ -9,6 +9,8 @@ always runs in another process, so the client's CPU time and peak RSS are the cl
     python benchmarks/figures.py executor --sims 30 --latency 0.05 --parallelism 4
     python benchmarks/figures.py rss --iccid-file F --out-dir D       (sandbox URL from AIRFLOW_CONN_M2M_DEFAULT)
     python benchmarks/figures.py ratelimit --sims 3000 --platform-rate 200 --client-rate 195 --workers 32
+    python benchmarks/figures.py sms --sims 10000 --latency 0.05 --workers 16 --platform-rate 0
+    python benchmarks/figures.py delivery --sims 10000 --platform-rate 200 --client-rate 195 --delay 2 --workers 16
 """
 
 from __future__ import annotations
@@ -130,48 +132,63 @@ bench_one_task_per_sim()
 '''
 
 
+def _in_airflow_home(args: argparse.Namespace, extra_env: dict[str, str] | None = None) -> dict | None:
+    """
+    Re-run this figure in a fresh process under a throwaway Airflow home (Airflow reads its configuration at
+    import) and return its JSON result; return None in that child, which then measures.
+    """
+    if args.child:
+        return None
+    home = Path(tempfile.mkdtemp(prefix="m2m-bench-home-"))
+    (home / "dags").mkdir()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("M2M_BENCH_LOG_LEVEL", "WARNING"),
+        **(extra_env or {}),
+    }
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--child"]
+    # A session of its own, so a timeout also ends the executor's worker processes and the API server.
+    child = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"sims": args.sims, "succeeded": False, "state": f"timed out after {args.timeout:.0f} s"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # stray LocalExecutor workers
+        shutil.rmtree(home, ignore_errors=True)
+    lines = stdout.strip().splitlines()
+    if child.returncode or not lines or not lines[-1].startswith("{"):
+        raise SystemExit(f"{args.figure} child failed ({child.returncode}):\n{(stderr or stdout)[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def executor(args: argparse.Namespace) -> dict:
     """``dag.test(use_executor=True)`` of one mapped task per SIM, under a throwaway Airflow home."""
     if not args.child:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        # Airflow reads its configuration at import: set the environment, then re-run in a fresh process.
-        home = Path(tempfile.mkdtemp(prefix="m2m-bench-home-"))
-        (home / "dags").mkdir()
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            # Airflow 3 task processes report to the Execution API: a real executor needs an API server,
-            # which must sign and check the same JWTs as the executor.
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-        }
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", "--api-port", str(port)]
-        # A session of its own, so a timeout also ends the executor's worker processes and the API server.
-        child = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            args.api_port = probe.getsockname()[1]
+        sys.argv += ["--api-port", str(args.api_port)]
+        # Airflow 3 task processes report to the Execution API: a real executor needs an API server,
+        # which must sign and check the same JWTs as the executor.
+        return _in_airflow_home(
+            args,
+            {
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.api_port}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            },
         )
-        try:
-            stdout, stderr = child.communicate(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            return {"sims": args.sims, "succeeded": False, "state": f"timed out after {args.timeout:.0f} s"}
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)  # stray LocalExecutor workers
-            shutil.rmtree(home, ignore_errors=True)
-        lines = stdout.strip().splitlines()
-        if child.returncode or not lines or not lines[-1].startswith("{"):
-            raise SystemExit(f"executor child failed ({child.returncode}):\n{(stderr or stdout)[-3000:]}")
-        return json.loads(lines[-1])
 
     from airflow.utils import db
 
@@ -291,9 +308,149 @@ def ratelimit(args: argparse.Namespace) -> dict:
     }
 
 
+_SMS_DAG = """
+import datetime as dt
+import json
+from airflow.sdk import DAG
+from airflow_provider_m2m.operators.m2m import SendSmsOperator
+from airflow_provider_m2m.sensors.m2m import SmsDeliverySensor
+
+with DAG("bench_sms", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)):
+    if {send!r}:
+        SendSmsOperator(task_id="send", iccids=json.load(open({data!r})), message_text="Service window tonight",
+                        max_workers={workers})
+    else:
+        SmsDeliverySensor(task_id="wait", messages=json.load(open({data!r})), deferrable=True,
+                          poke_interval={poke_interval}, max_workers={workers}, timeout=900)
+"""
+
+
+def _run_sms_dag(home: Path, send: bool, data: object, args: argparse.Namespace) -> tuple[object, float, object]:
+    """Run the one-task SMS DAG under ``dag.test()`` (the real task state store); (run, wall seconds, task)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    data_file = home / "data.json"
+    data_file.write_text(json.dumps(data))
+    target = home / "dags" / "bench_sms.py"
+    target.write_text(
+        _SMS_DAG.format(send=send, data=str(data_file), workers=args.workers, poke_interval=args.poke_interval)
+    )
+    dag = DagBag(dag_folder=str(target)).get_dag("bench_sms")
+    t0 = time.perf_counter()
+    run = dag.test()
+    wall = time.perf_counter() - t0
+    (ti,) = run.get_task_instances()
+    return run, wall, ti
+
+
+def sms(args: argparse.Namespace) -> dict:
+    """One SendSmsOperator task of ``--sims`` SIMs with ``--workers`` in flight, optionally under a rate limit."""
+    if (result := _in_airflow_home(args)) is not None:
+        return result
+    from airflow.utils import db
+
+    from airflow_provider_m2m.sms_ledger import SmsLedger
+
+    db.initdb()
+    ledgers: list[SmsLedger] = []  # the task's ledger, to read its store round trips after the run
+    init = SmsLedger.__init__
+
+    def keep(self: SmsLedger, *a: object, **k: object) -> None:
+        init(self, *a, **k)
+        ledgers.append(self)
+
+    SmsLedger.__init__ = keep  # type: ignore[method-assign]
+    # The task's own time: execute(), not the task start-up around it (the first task of a dag.test()
+    # process also builds the in-process execution API, seconds that no operator controls).
+    from airflow_provider_m2m.operators.m2m import SendSmsOperator
+
+    executed: list[float] = []
+    execute = SendSmsOperator.execute
+
+    def timed(self: SendSmsOperator, context: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return execute(self, context)
+        finally:
+            executed.append(time.perf_counter() - t0)
+
+    SendSmsOperator.execute = timed  # type: ignore[method-assign]
+    with Sandbox.spawn(fleet=args.sims, latency=args.latency, rate_limit=args.platform_rate) as sb:
+        os.environ.update(
+            _conn_env(sb, **({"max_requests_per_second": args.client_rate} if args.platform_rate else {}))
+        )
+        iccids = sb.fleet.iccids
+        time.sleep(0.5)  # let the platform's bucket refill after start-up
+        run, wall, ti = _run_sms_dag(Path(os.environ["AIRFLOW_HOME"]), True, iccids, args)
+        stats = sb.stats()
+    per_sim = stats["sms_per_iccid"]
+    task_s = (ti.end_date - ti.start_date).total_seconds()
+    execute_s = executed[0] if executed else task_s
+    return {
+        "sims": args.sims,
+        "latency": args.latency,
+        "workers": args.workers,
+        "state": str(run.state),
+        "dag_test_s": wall,
+        "task_s": task_s,
+        "execute_s": execute_s,
+        "limit_s": args.sims * args.latency / args.workers,
+        "throughput": args.sims / execute_s,
+        "max_in_flight": stats["max_in_flight"],
+        "rate_limited": stats["rate_limited"],
+        "lost": sum(1 for i in iccids if i not in per_sim),
+        "duplicated": sum(1 for n in per_sim.values() if n > 1),
+        "store_round_trips": ledgers[0].round_trips if ledgers else None,
+        "store_s": ledgers[0].store_seconds if ledgers else None,
+    }
+
+
+def delivery(args: argparse.Namespace) -> dict:
+    """
+    The delivery wait (SmsDeliverySensor, deferred) for ``--sims`` messages under a platform limit: seconds
+    from the wait's start until every message is final, against ``sims / limit + delay``.
+    """
+    if (result := _in_airflow_home(args)) is not None:
+        return result
+    from airflow.utils import db
+
+    from airflow_provider_m2m.hooks.m2m import M2mHook
+    from airflow_provider_m2m.sandbox import Fleet
+
+    db.initdb()
+    # Only SIMs whose messages end delivered or failed: a device that stays off never lets the wait end.
+    fleet = Fleet(int(args.sims / 0.85) + 100)
+    final = [i for i in fleet.iccids if fleet.sms_fate(i) != "pending"][: args.sims]
+    with Sandbox.spawn(fleet=fleet, sms_delivery_delay=args.delay) as sb:
+        os.environ.update(_conn_env(sb, max_requests_per_second=args.client_rate))
+        hook = M2mHook()
+        # Send first, unlimited (not measured), then give the platform its limit and latency and wait.
+        messages = [
+            [r.iccid, r.sms_uid]
+            for r in hook.map_concurrently(final, lambda client, n: hook.asend_sms(client, n, "Update tonight"), 32)
+        ]
+        sb.configure(rate_limit=args.platform_rate, latency=args.latency)
+        run, wall, ti = _run_sms_dag(Path(os.environ["AIRFLOW_HOME"]), False, messages, args)
+        stats = sb.stats()
+        rows = ti.xcom_pull(task_ids="wait") or []
+    return {
+        "messages": len(messages),
+        "platform_rate": args.platform_rate,
+        "client_rate": args.client_rate,
+        "delay": args.delay,
+        "poke_interval": args.poke_interval,
+        "state": str(run.state),
+        "wall_s": wall,
+        "floor_s": len(messages) / args.platform_rate + args.delay,
+        "final": sum(1 for r in rows if r["state"] in ("delivered", "failed")),
+        "queries": stats["by_command"].get("query_sms_mt_details", 0),
+        "rate_limited": stats["rate_limited"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("figure", choices=["batch", "sequential", "executor", "rss", "ratelimit"])
+    p.add_argument("figure", choices=["batch", "sequential", "executor", "rss", "ratelimit", "sms", "delivery"])
     p.add_argument("--sims", type=int, default=10_000)
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--workers", type=int, default=32)
@@ -304,6 +461,8 @@ def main() -> None:
     p.add_argument("--out-dir")
     p.add_argument("--platform-rate", type=float, default=200)
     p.add_argument("--client-rate", type=float, default=195)
+    p.add_argument("--delay", type=float, default=2.0, help="sandbox SMS delivery delay (s)")
+    p.add_argument("--poke-interval", type=float, default=10.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -212,7 +212,13 @@ class SendSmsOperator(BaseOperator):
         return M2mHook(m2m_conn_id=self.m2m_conn_id)
 
     def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
-        """Render as Airflow does, but keep carriage returns: Jinja turns every ``\\r\\n`` and ``\\r`` into ``\\n``."""
+        """
+        Render as Airflow does, but keep carriage returns (Jinja turns every ``\\r\\n`` and ``\\r`` into
+        ``\\n``), and hand back as it is a string Jinja would give back unchanged (no ``{``, no line break):
+        Airflow compiles a template per string, about 10 ms each, so a list of 10,000 ICCIDs took minutes.
+        """
+        if isinstance(content, str) and "{" not in content and "\n" not in content and "\r" not in content:
+            return content
         if not (isinstance(content, str) and "\r" in content and _CR not in content):
             return super().render_template(content, context, jinja_env, seen_oids)
         rendered = super().render_template(content.replace("\r", _CR), context, jinja_env, seen_oids)

@@ -26,9 +26,12 @@ from collections import Counter
 import pytest
 from conftest import ROOT
 
+from airflow_provider_m2m.sms_sending import window_size
+
 pytestmark = pytest.mark.airflow
 
-SMS_SIMS, SMS_KILL_AT = 200, 60
+SMS_SIMS, SMS_KILL_AT = 800, 400  # 16 in flight: ledger windows of 256, the kill lands in the second
+NO_STORE_SIMS, NO_STORE_KILL_AT = 200, 60
 AUDIT_SIMS, AUDIT_KILL_AT = 400, 150
 
 DAG_SOURCE = """
@@ -148,7 +151,7 @@ def in_flight_at_kill(sb, sims: list[str], first_try_sends: int) -> set[str]:
 
 def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_path):
     fleet = sb.fleet.iccids
-    sms_iccids, audit_iccids = fleet[:SMS_SIMS], fleet[SMS_SIMS : SMS_SIMS + AUDIT_SIMS]
+    sms_iccids, audit_iccids = fleet[:SMS_SIMS], fleet[-AUDIT_SIMS:]
     report = tmp_path / "out" / "audit.csv"
     result, killed, elapsed, _ = run_killed(
         sb,
@@ -165,11 +168,11 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
     assert result["tis"] == {"sms": ["success", 2], "audit": ["success", 2]}, result
 
     # SMS, 16 in flight: every SIM exactly one message, none twice, across the killed try and the retry; the
-    # SIMs left pending at the kill (at most two ledger windows) were looked up, not resent.
+    # SIMs left pending at the kill (at most one ledger window plus those in flight) were looked up, not resent.
     per_sim = stats["sms_per_iccid"]
     assert per_sim == dict.fromkeys(sms_iccids, 1), {k: v for k, v in per_sim.items() if v != 1}
     history_lookups = stats["by_command"].get("query_sms_mt_details", 0)
-    assert 0 < history_lookups <= 2 * 64
+    assert 0 < history_lookups <= window_size(16) + 16 < SMS_SIMS  # the store spared the closed windows
     looked_up = {e["iccid"] for e in sb.received("query_sms_mt_details")}
     sent_before_kill = in_flight_at_kill(sb, sms_iccids, killed["sms"][1])
     resent = [e["iccid"] for e in sb.received("send_sms")[killed["sms"][1] :] if e["iccid"] in sent_before_kill]
@@ -198,12 +201,12 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
 
 def test_sigkill_then_retry_without_a_task_state_store_looks_every_sim_up(sb, dags_folder, tmp_path):
     """Airflow 3.1 / 3.2 have no task state store: the retry settles every SIM from the SMS history."""
-    sms_iccids = sb.fleet.iccids[SMS_SIMS : 2 * SMS_SIMS]
+    sms_iccids = sb.fleet.iccids[:NO_STORE_SIMS]
     result, killed, elapsed, _ = run_killed(
         sb,
         dags_folder,
         tmp_path,
-        {"sms": ("send_sms", SMS_KILL_AT)},
+        {"sms": ("send_sms", NO_STORE_KILL_AT)},
         no_store=True,
         sms_iccids=sms_iccids,
         audit_iccids=[],
@@ -220,7 +223,7 @@ def test_sigkill_then_retry_without_a_task_state_store_looks_every_sim_up(sb, da
     retry_sends = sb.received("send_sms")[first_try_sends:]
     assert all(e["iccid"] not in in_flight_at_kill(sb, sms_iccids, first_try_sends) for e in retry_sends)
     print(
-        f"\n[crash-resume, no task state store] in {elapsed:.1f}s: SIGKILLed after {first_try_sends} of {SMS_SIMS} "
-        f"sends, retried: {sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM "
+        f"\n[crash-resume, no task state store] in {elapsed:.1f}s: SIGKILLed after {first_try_sends} of "
+        f"{NO_STORE_SIMS} sends, retried: {sum(per_sim.values())} messages to {len(per_sim)} SIMs, max per SIM "
         f"{max(per_sim.values())}, {len(lookups)} history lookups (one per SIM, on the retry only)"
     )
