@@ -30,17 +30,18 @@ from airflow_provider_m2m.sms_ledger import FAILED, PENDING, SENT, SmsLedger
 
 #: How the progress line counts the rows' outcomes (``success``, ``failed``, ``unknown``), the good one first.
 COUNTED_AS = {"success": "sent", "failed": "failed", "unknown": "unknown"}
-#: SIMs per ledger window: 16 x max_workers, within these bounds. A store round trip (about 25 ms through the
-#: execution API here) holds up the event loop, so windows must be big enough for that to be noise (10,000 SIMs
-#: at 16 in flight: 40 windows, 80 round trips, about 2 s of a 31 s run); the price is that after a crash a
-#: retry looks up at most one window plus the SIMs in flight. The upper bound keeps a window's value (about
-#: 32 bytes a SIM) well under the task state store's 64 KB default limit per value.
+#: SIMs per ledger window: 16 x max_workers, or 4 s of sending at the connection's rate limit when that is
+#: more, within these bounds. A store round trip (25-60 ms through the execution API here) holds up the event
+#: loop, so a window must last long enough for that to be noise (10,000 SIMs at 16 in flight: 40 windows, 80
+#: round trips, about 2 s of a 31 s run); the price is that after a crash a retry looks up at most one window
+#: plus the SIMs in flight. The upper bound keeps a window's value (about 32 bytes a SIM) well under the task
+#: state store's 64 KB default limit per value.
 MIN_WINDOW, MAX_WINDOW = 25, 1000
 
 
-def window_size(workers: int) -> int:
-    """SIMs recorded per ledger write for ``workers`` requests in flight."""
-    return min(MAX_WINDOW, max(MIN_WINDOW, 16 * workers))
+def window_size(workers: int, rate: float | None = None) -> int:
+    """SIMs recorded per ledger write for ``workers`` requests in flight, at most ``rate`` requests a second."""
+    return min(MAX_WINDOW, max(MIN_WINDOW, 16 * workers, int(4 * (rate or 0))))
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def send_once_each(
         ``pending``, so a later run settles them).
     """
     workers = hook._workers(max_workers)
-    size = window_size(workers)
+    size = window_size(workers, hook.limiter.rate)
     windows = [numbers[i : i + size] for i in range(0, len(numbers), size)]
     left = [len(w) for w in windows]
     outcomes: list[dict[str, str]] = [{} for _ in windows]
