@@ -14,6 +14,13 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
 4. Client CPU per call at zero latency (process CPU time / calls).
 5. Peak RSS of an audit of 10,000 and of 100,000 SIMs streamed to a CSV (each in a new process).
 6. A platform limit of 200 requests/s: throughput, 429s, SIMs lost or duplicated.
+9. One SendSmsOperator task (``dag.test()``, the real task state store), 10,000 SIMs at 50 ms, 16 in flight:
+   physical limit 10,000 x 0.05 / 16 s against the task's execute time; and under a 200/s platform limit:
+   throughput, 429s, each SIM exactly one message (the sandbox counts them).
+10. The delivery wait (deferred SmsDeliverySensor) for 10,000 messages, sandbox delivery delay 2 s, platform
+    limit 200/s: seconds until every message is final against the floor 10,000 / 200 + 2 s.
+
+    python benchmarks/run_all.py --only 9,10     # a subset of the figures
 """
 
 from __future__ import annotations
@@ -61,11 +68,20 @@ def line(name: str, measured: str, goal: str, ratio: float, ok: bool, unit: str 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of this script)")
+    p.add_argument("--only", help="comma-separated figure numbers to run (default: all)")
     args = p.parse_args()
+    only = {int(n) for n in args.only.split(",")} if args.only else None
+    if only and only & {2, 3}:
+        only.add(1)  # figures 2 and 3 compare against figure 1's batch
+
+    def wanted(number: int) -> bool:
+        return only is None or number in only
+
     q = args.quick
     sims, seq_sims, task_sims = (2_000, 60, 12) if q else (TARGET, 200, 30)
     audit_small, audit_big = (2_000, 20_000) if q else (10_000, 100_000)
     limited_sims = 600 if q else 3_000
+    sms_sims = 2_000 if q else TARGET
     started = time.perf_counter()
     loads = [load()]
     print(f"# m2m scale benchmark: load average (1/5 min) {loads[0]} on {os.cpu_count()} CPUs", flush=True)
@@ -74,97 +90,180 @@ def main() -> None:
     raw: dict[str, object] = {}
 
     # 1. the batch against the physical limit
-    b = raw["batch"] = measure("batch", "--sims", sims, "--latency", 0.05, "--workers", 32)
-    figures.append(
-        line(
-            f"1 batch {sims} SIMs @50ms, 32 in flight: limit/wall",
-            f"{b['wall_s']:.2f} s (limit {b['limit_s']:.2f} s, max in flight {b['max_in_flight']}; "
-            f"a minimal threaded client gets {b['sandbox_floor_ratio']:.3f} of the limit here, so this client "
-            f"{b['limit_s'] / b['wall_s'] / b['sandbox_floor_ratio']:.3f} of what the sandbox allows)",
-            ">= 0.9",
-            b["limit_s"] / b["wall_s"],
-            b["limit_s"] / b["wall_s"] >= 0.9 and b["records"] == sims,
+    if wanted(1):
+        b = raw["batch"] = measure("batch", "--sims", sims, "--latency", 0.05, "--workers", 32)
+        figures.append(
+            line(
+                f"1 batch {sims} SIMs @50ms, 32 in flight: limit/wall",
+                f"{b['wall_s']:.2f} s (limit {b['limit_s']:.2f} s, max in flight {b['max_in_flight']}; "
+                f"a minimal threaded client gets {b['sandbox_floor_ratio']:.3f} of the limit here, so this client "
+                f"{b['limit_s'] / b['wall_s'] / b['sandbox_floor_ratio']:.3f} of what the sandbox allows)",
+                ">= 0.9",
+                b["limit_s"] / b["wall_s"],
+                b["limit_s"] / b["wall_s"] >= 0.9 and b["records"] == sims,
+            )
         )
-    )
-    batch_wall = b["wall_s"] * TARGET / sims
+        batch_wall = b["wall_s"] * TARGET / sims
 
     # 2. against a plain loop
-    s = raw["sequential"] = measure("sequential", "--sims", seq_sims, "--latency", 0.05)
-    loop = s["wall_s"] / seq_sims * TARGET
-    figures.append(
-        line(
-            f"2 batch vs sequential loop ({seq_sims} SIMs scaled to {TARGET})",
-            f"loop {loop:.0f} s ({1000 * s['wall_s'] / seq_sims:.1f} ms/SIM) vs batch {batch_wall:.1f} s",
-            ">= 25x",
-            loop / batch_wall,
-            loop / batch_wall >= 25,
-            "x",
+    if wanted(2):
+        s = raw["sequential"] = measure("sequential", "--sims", seq_sims, "--latency", 0.05)
+        loop = s["wall_s"] / seq_sims * TARGET
+        figures.append(
+            line(
+                f"2 batch vs sequential loop ({seq_sims} SIMs scaled to {TARGET})",
+                f"loop {loop:.0f} s ({1000 * s['wall_s'] / seq_sims:.1f} ms/SIM) vs batch {batch_wall:.1f} s",
+                ">= 25x",
+                loop / batch_wall,
+                loop / batch_wall >= 25,
+                "x",
+            )
         )
-    )
 
     # 3. against one mapped task per SIM on a real executor
-    e = raw["executor"] = measure("executor", "--sims", task_sims, "--latency", 0.05)
-    tasks = e["wall_s"] / task_sims * TARGET
-    figures.append(
-        line(
-            f"3 batch vs one mapped task per SIM ({e['executor']}, parallelism {e['parallelism']}, "
-            f"{task_sims} SIMs scaled)",
-            f"tasks {tasks:.0f} s ({e['wall_s'] / task_sims:.2f} s/SIM, run {e['state']}) vs batch {batch_wall:.1f} s",
-            ">= 100x",
-            tasks / batch_wall,
-            tasks / batch_wall >= 100 and e["succeeded"],
-            "x",
+    if wanted(3):
+        e = raw["executor"] = measure("executor", "--sims", task_sims, "--latency", 0.05)
+        tasks = e["wall_s"] / task_sims * TARGET
+        figures.append(
+            line(
+                f"3 batch vs one mapped task per SIM ({e['executor']}, parallelism {e['parallelism']}, "
+                f"{task_sims} SIMs scaled)",
+                f"tasks {tasks:.0f} s ({e['wall_s'] / task_sims:.2f} s/SIM, run {e['state']}) "
+                f"vs batch {batch_wall:.1f} s",
+                ">= 100x",
+                tasks / batch_wall,
+                tasks / batch_wall >= 100 and e["succeeded"],
+                "x",
+            )
         )
-    )
 
     # 4. client CPU per call
-    c = raw["cpu"] = measure("batch", "--sims", sims, "--latency", 0, "--workers", 32)
-    figures.append(
-        line(
-            "4 client CPU per call @0ms, 32 in flight: measured/goal",
-            f"{c['cpu_ms_per_call']:.3f} ms ({c['requests']} calls, {c['requests'] / c['wall_s']:.0f} calls/s)",
-            "<= 0.5 ms",
-            c["cpu_ms_per_call"] / 0.5,
-            c["cpu_ms_per_call"] <= 0.5,
+    if wanted(4):
+        c = raw["cpu"] = measure("batch", "--sims", sims, "--latency", 0, "--workers", 32)
+        figures.append(
+            line(
+                "4 client CPU per call @0ms, 32 in flight: measured/goal",
+                f"{c['cpu_ms_per_call']:.3f} ms ({c['requests']} calls, {c['requests'] / c['wall_s']:.0f} calls/s)",
+                "<= 0.5 ms",
+                c["cpu_ms_per_call"] / 0.5,
+                c["cpu_ms_per_call"] <= 0.5,
+            )
         )
-    )
 
     # 5. peak RSS, 10x the fleet; one sandbox (out of process) serves both audits
-    with tempfile.TemporaryDirectory(prefix="m2m-bench-") as tmp, Sandbox.spawn(fleet=audit_big) as sb:
-        iccid_file = Path(tmp) / "iccids.txt"
-        iccid_file.write_text("\n".join(sb.fleet.iccids))
-        env = {**os.environ, **sb.conn_env()}
-        small = measure("rss", "--sims", audit_small, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
-        sb.reset()
-        big = measure("rss", "--sims", audit_big, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
-    raw["rss"] = {"small": small, "big": big}
-    growth = big["peak_rss_mb"] - small["peak_rss_mb"]
-    figures.append(
-        line(
-            f"5 peak RSS growth, audit {audit_small} -> {audit_big} SIMs to CSV: measured/goal",
-            f"+{growth:.1f} MB ({small['peak_rss_mb']:.0f} -> {big['peak_rss_mb']:.0f} MB, "
-            f"{big['rows']} rows in {big['wall_s']:.0f} s)",
-            "<= 30 MB",
-            growth / 30,
-            growth <= 30 and small["rows"] == audit_small and big["rows"] == audit_big,
+    if wanted(5):
+        with tempfile.TemporaryDirectory(prefix="m2m-bench-") as tmp, Sandbox.spawn(fleet=audit_big) as sb:
+            iccid_file = Path(tmp) / "iccids.txt"
+            iccid_file.write_text("\n".join(sb.fleet.iccids))
+            env = {**os.environ, **sb.conn_env()}
+            small = measure("rss", "--sims", audit_small, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
+            sb.reset()
+            big = measure("rss", "--sims", audit_big, "--iccid-file", iccid_file, "--out-dir", tmp, env=env)
+        raw["rss"] = {"small": small, "big": big}
+        growth = big["peak_rss_mb"] - small["peak_rss_mb"]
+        figures.append(
+            line(
+                f"5 peak RSS growth, audit {audit_small} -> {audit_big} SIMs to CSV: measured/goal",
+                f"+{growth:.1f} MB ({small['peak_rss_mb']:.0f} -> {big['peak_rss_mb']:.0f} MB, "
+                f"{big['rows']} rows in {big['wall_s']:.0f} s)",
+                "<= 30 MB",
+                growth / 30,
+                growth <= 30 and small["rows"] == audit_small and big["rows"] == audit_big,
+            )
         )
-    )
 
     # 6. under the platform's rate limit
-    r = raw["ratelimit"] = measure(
-        "ratelimit", "--sims", limited_sims, "--platform-rate", 200, "--client-rate", 195, "--latency", 0.05
-    )
-    clean = r["lost"] == r["duplicated"] == r["server_missing"] == r["server_repeated"] == 0
-    figures.append(
-        line(
-            f"6 platform limit 200/s, client 195/s, {limited_sims} SIMs: throughput/200",
-            f"{r['throughput']:.1f}/s, 429s {r['rate_limited']}, lost {r['lost']}, duplicated {r['duplicated']}, "
-            f"server missing/repeated {r['server_missing']}/{r['server_repeated']}",
-            ">= 0.9, 0 lost/dup",
-            r["throughput"] / 200,
-            r["throughput"] >= 0.9 * 200 and clean,
+    if wanted(6):
+        r = raw["ratelimit"] = measure(
+            "ratelimit", "--sims", limited_sims, "--platform-rate", 200, "--client-rate", 195, "--latency", 0.05
         )
-    )
+        clean = r["lost"] == r["duplicated"] == r["server_missing"] == r["server_repeated"] == 0
+        figures.append(
+            line(
+                f"6 platform limit 200/s, client 195/s, {limited_sims} SIMs: throughput/200",
+                f"{r['throughput']:.1f}/s, 429s {r['rate_limited']}, lost {r['lost']}, duplicated {r['duplicated']}, "
+                f"server missing/repeated {r['server_missing']}/{r['server_repeated']}",
+                ">= 0.9, 0 lost/dup",
+                r["throughput"] / 200,
+                r["throughput"] >= 0.9 * 200 and clean,
+            )
+        )
+
+    # 9. one SendSmsOperator task against the physical limit, then under the platform's rate limit
+    if wanted(9):
+        m = raw["sms"] = measure(
+            "sms", "--sims", sms_sims, "--latency", 0.05, "--workers", 16, "--platform-rate", 0, "--timeout", 600
+        )
+        figures.append(
+            line(
+                f"9a one SendSmsOperator task, {sms_sims} SIMs @50ms, 16 in flight: limit/execute time",
+                f"{m['execute_s']:.2f} s (limit {m['limit_s']:.2f} s; task {m['task_s']:.1f} s with Airflow's "
+                "start-up; "
+                f"{m['store_round_trips']} task state store round trips, {m['store_s']:.2f} s; lost {m['lost']}, "
+                f"duplicated {m['duplicated']})",
+                ">= 0.8",
+                m["limit_s"] / m["execute_s"],
+                m["limit_s"] / m["execute_s"] >= 0.8 and m["lost"] == m["duplicated"] == 0,
+            )
+        )
+        m = raw["sms_limited"] = measure(
+            "sms",
+            "--sims",
+            limited_sims,
+            "--latency",
+            0.05,
+            "--workers",
+            16,
+            "--platform-rate",
+            200,
+            "--client-rate",
+            195,
+            "--timeout",
+            600,
+        )
+        clean = m["lost"] == m["duplicated"] == 0
+        figures.append(
+            line(
+                f"9b SendSmsOperator under a 200/s platform limit, client 195/s, {limited_sims} SIMs: throughput/200",
+                f"{m['throughput']:.1f}/s, 429s {m['rate_limited']}, lost {m['lost']}, duplicated {m['duplicated']} "
+                f"(the sandbox counted each SIM's messages)",
+                ">= 0.9, 0 lost/dup",
+                m["throughput"] / 200,
+                m["throughput"] >= 0.9 * 200 and clean,
+            )
+        )
+
+    # 10. the delivery wait for a whole run, within the platform's rate limit
+    if wanted(10):
+        d = raw["delivery"] = measure(
+            "delivery",
+            "--sims",
+            sms_sims,
+            "--platform-rate",
+            200,
+            "--client-rate",
+            195,
+            "--delay",
+            2,
+            "--latency",
+            0.05,
+            "--workers",
+            16,
+            "--poke-interval",
+            10,
+            "--timeout",
+            900,
+        )
+        figures.append(
+            line(
+                f"10 delivery wait, {d['messages']} messages, delay 2 s, platform 200/s: floor/time",
+                f"{d['wall_s']:.1f} s until all final (floor {d['floor_s']:.0f} s; {d['final']} final, "
+                f"{d['queries']} queries, 429s {d['rate_limited']})",
+                ">= 0.7",
+                d["floor_s"] / d["wall_s"],
+                d["floor_s"] / d["wall_s"] >= 0.7 and d["final"] == d["messages"],
+            )
+        )
 
     loads.append(load())
     total = time.perf_counter() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,7 @@ class SmsDeliverySensor(BaseSensorOperator):
             except (AirflowSensorTimeout, AirflowSkipException):
                 self._keep_report(context, self._watch.report())
                 raise
+        poke_started = time.monotonic()
         if self.poke(context):  # settled already: no need to defer
             return self._watch.report()
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.timeout)
@@ -148,7 +150,7 @@ class SmsDeliverySensor(BaseSensorOperator):
                 max_workers=self.max_workers,
                 lastx=self.lastx,
                 known=self._watch.known(),
-                wait_first=True,
+                wait_first=max(0.0, self.poke_interval - (time.monotonic() - poke_started)),
                 exponential_backoff=self.exponential_backoff,
                 max_wait=self.max_wait.total_seconds() if self.max_wait else None,
             ),

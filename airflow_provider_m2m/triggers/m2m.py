@@ -41,7 +41,8 @@ class SmsDeliveryTrigger(BaseTrigger):
     :param max_workers: queries in flight at once.
     :param lastx: messages asked for per SIM (1-20); the watched message must be among them.
     :param known: what the sensor learnt before deferring (:meth:`DeliveryWatch.known`).
-    :param wait_first: sleep one interval before the first round (the sensor has just poked).
+    :param wait_first: sleep before the first round (the sensor has just poked): True for one interval, or
+        the seconds left of the interval the sensor's poke started.
     :param exponential_backoff: double the interval after every round.
     :param max_wait: the longest interval when backing off (default 16 × ``poke_interval``).
     """
@@ -57,7 +58,7 @@ class SmsDeliveryTrigger(BaseTrigger):
         max_workers: int = 8,
         lastx: int = 20,
         known: list[dict[str, Any]] | None = None,
-        wait_first: bool = False,
+        wait_first: bool | float = False,
         exponential_backoff: bool = False,
         max_wait: float | None = None,
     ) -> None:
@@ -70,7 +71,7 @@ class SmsDeliveryTrigger(BaseTrigger):
         self.max_workers = int(max_workers)
         self.lastx = int(lastx)
         self.known = list(known or [])
-        self.wait_first = bool(wait_first)
+        self.wait_first = wait_first if isinstance(wait_first, bool) else float(wait_first)
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = float(max_wait) if max_wait is not None else None
 
@@ -100,8 +101,10 @@ class SmsDeliveryTrigger(BaseTrigger):
         hook = M2mHook(self.m2m_conn_id, retry_policy=POLL_RETRY_POLICY)
         longest = self.max_wait if self.max_wait is not None else 16 * self.poke_interval
         interval = self.poke_interval
-        wait = self.wait_first
-        round_started = time.monotonic()
+        wait = self.wait_first is not False
+        # As if the last round started so long ago that the first pause is wait_first seconds.
+        first_pause = interval if self.wait_first is True else float(self.wait_first)
+        round_started = time.monotonic() - (interval - first_pause)
         try:
             await hook.aconnection()
             budget = requests_per_poke(self.max_requests_per_poke, self.poke_interval, hook.limiter.rate)
