@@ -136,6 +136,28 @@ class M2mHook(PlatformHook):
             headers=_HEADERS,
         )
 
+    async def acall(
+        self,
+        client: aiohttp.ClientSession,
+        data: bytes,
+        interpret: Callable[[Reply], Any],
+        *,
+        what: str,
+        idempotent: bool = True,
+    ) -> Any:
+        """
+        The batch twin of :meth:`call`: POST one request body over a batch's aiohttp session, same retries.
+
+        :param client: the batch's session.
+        :param data: the request body (from :meth:`_body` or a request template).
+        :param interpret: turns the final reply into the result (:meth:`_interpret`).
+        :param what: a secret-free description for logs and errors.
+        :param idempotent: False when the command must never be carried out twice.
+        """
+        return await self.arequest(
+            client, "POST", self.base_url, interpret, what=what, idempotent=idempotent, data=data, headers=_HEADERS
+        )
+
     def query_imei(self, iccid: str) -> ImeiRecord:
         """
         Ask which device the SIM sits in, when that changed, and the device before.
@@ -163,14 +185,8 @@ class M2mHook(PlatformHook):
 
         async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
             try:
-                fields = await self.arequest(
-                    client,
-                    "POST",
-                    self.base_url,
-                    self._interpret("query_imei", iccid=number),
-                    what=f"query_imei {number}",
-                    data=body(number),
-                    headers=_HEADERS,
+                fields = await self.acall(
+                    client, body(number), self._interpret("query_imei", iccid=number), what=f"query_imei {number}"
                 )
                 return sim_insight.imei_record(number, fields)
             except AuthenticationError:
@@ -232,15 +248,12 @@ class M2mHook(PlatformHook):
         """
         number, uid, fields = self._sms_request(iccid, message_text, data_coding, origin, sms_uid)
         try:
-            answer = await self.arequest(
+            answer = await self.acall(
                 client,
-                "POST",
-                self.base_url,
+                self._body("send_sms", fields),
                 self._interpret("send_sms", iccid=number),
                 what=f"send_sms {number} sms_uid={uid}",
                 idempotent=False,
-                data=self._body("send_sms", fields),
-                headers=_HEADERS,
             )
         except OutcomeUnknownError as exc:
             raise OutcomeUnknownError(str(exc), sms_uid=uid) from None
@@ -335,14 +348,11 @@ class M2mHook(PlatformHook):
     async def afind_sms(self, client: aiohttp.ClientSession, iccid: str, sms_uid: str) -> bool:
         """:meth:`find_sms` over a batch's aiohttp session (it only reads: retried like any query)."""
         number = iccid_rules.validate(iccid)
-        messages = await self.arequest(
+        messages = await self.acall(
             client,
-            "POST",
-            self.base_url,
+            self._body("query_sms_mt_details", [("iccid", number), ("lastx", "20")]),
             self._sms_mt_details_interpret(number),
             what=f"query_sms_mt_details {number}",
-            data=self._body("query_sms_mt_details", [("iccid", number), ("lastx", "20")]),
-            headers=_HEADERS,
         )
         return any(m.sms_uid == sms_uid for m in messages)
 
