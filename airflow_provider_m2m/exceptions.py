@@ -72,12 +72,21 @@ class M2mApiError(M2mProviderError):
     :param iccid: the SIM the call was about (every per-SIM call names it), or None.
     """
 
-    def __init__(self, command: str, description: str, iccid: str | None = None) -> None:
+    def __init__(self, command: str, description: str, *, iccid: str | None = None) -> None:
         self.command = command
         self.description = description
         self.iccid = iccid
-        about = f" for SIM {iccid}" if iccid else ""
-        super().__init__(f"SIM Insight {command}{about} failed: {description}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        about = f" for SIM {self.iccid}" if self.iccid else ""
+        return f"SIM Insight {self.command}{about} failed: {self.description}"
+
+    def for_sim(self, iccid: str) -> M2mApiError:
+        """This error, naming ``iccid`` (the SIM the call was about) from now on; returns itself."""
+        self.iccid = iccid
+        self.args = (self._message(),)
+        return self
 
 
 class DarajaApiError(M2mProviderError):

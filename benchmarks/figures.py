@@ -414,6 +414,7 @@ def delivery(args: argparse.Namespace) -> dict:
         return result
     from airflow.utils import db
 
+    from airflow_provider_m2m import transport
     from airflow_provider_m2m.hooks.m2m import M2mHook
     from airflow_provider_m2m.sandbox import Fleet
 
@@ -443,11 +444,15 @@ def delivery(args: argparse.Namespace) -> dict:
         sb.configure(sms_delivery_delay=args.delay)
         os.environ.update(_conn_env(sb))
         hook = M2mHook()
+        hook.connection  # noqa: B018 - fetched and masked before the batch's event loop starts
         # Send first, unlimited (not measured), then give the platform its limit and latency and wait.
-        messages = [
-            [r.iccid, r.sms_uid]
-            for r in hook.map_concurrently(final, lambda client, n: hook.asend_sms(client, n, "Update tonight"), 32)
-        ]
+        sends = transport.map_concurrently(
+            final,
+            lambda client, n: hook.asend_sms(client, n, "Update tonight"),
+            session=lambda: hook.batch_session(32),
+            max_workers=32,
+        )
+        messages = [[r.iccid, r.sms_uid] for r in sends]
         sb.configure(rate_limit=args.platform_rate, latency=args.latency)
         os.environ.update(_conn_env(sb, max_requests_per_second=args.client_rate))
         run, dag_wall, ti = _run_sms_dag(Path(os.environ["AIRFLOW_HOME"]), False, messages, args)

@@ -104,7 +104,7 @@ class M2mHook(PlatformHook):
             except M2mApiError as exc:
                 if iccid is None or exc.iccid is not None:
                     raise
-                raise M2mApiError(exc.command, exc.description, iccid=iccid) from None
+                raise exc.for_sim(iccid) from None
 
         return interpret
 
