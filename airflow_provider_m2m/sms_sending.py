@@ -98,6 +98,7 @@ def send_once_each(
     left = [len(w) for w in windows]
     outcomes: list[dict[str, str]] = [{} for _ in windows]
     rows: list[dict[str, str | None] | None] = [None] * len(numbers)
+    recorded: dict[int, dict[str, str]] = {}  # what the ledger holds for each open window
     progress = Progress(log, "SMS", len(numbers), outcomes=tuple(COUNTED_AS.values()))
 
     def jobs() -> Iterator[tuple[int, int, str, str | None]]:
@@ -105,7 +106,10 @@ def send_once_each(
         # its first SIM is handed out (write-ahead), and nothing else runs while the store is written.
         for w, window in enumerate(windows):
             before = ledger.prior(w, window)
-            ledger.save(w, {n: before[n] if before.get(n) in (SENT, FAILED) else PENDING for n in window})
+            ahead = {n: before[n] if before.get(n) in (SENT, FAILED) else PENDING for n in window}
+            if ahead != before:  # a retry's window that is settled already needs no write
+                ledger.save(w, ahead)
+            recorded[w] = ahead
             for k, number in enumerate(window):
                 yield w, w * size + k, number, before.get(number)
 
@@ -123,7 +127,7 @@ def send_once_each(
         if after is not None:
             outcomes[w][number] = after
         left[w] -= 1
-        if not left[w]:  # the window's last SIM: record how each of them ended
+        if not left[w] and outcomes[w] != recorded[w]:  # the window's last SIM: record how each of them ended
             ledger.save(w, outcomes[w])
         return index, row["outcome"]
 
