@@ -249,6 +249,13 @@ class SendSmsOperator(BaseOperator):
                 len(listed),
                 len(numbers),
             )
+        if self.retries and self.retry_delay.total_seconds() < self.hook.timeout:
+            self.log.warning(
+                "retry_delay (%.0fs) is shorter than the connection's timeout (%.0fs): a retry could look a SIM "
+                "up before the platform finished a request whose answer was lost, and send it again",
+                self.retry_delay.total_seconds(),
+                self.hook.timeout,
+            )
         ti = context["ti"]
 
         def uid_of(number: str) -> str:

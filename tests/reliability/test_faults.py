@@ -99,8 +99,11 @@ from airflow_provider_m2m.operators.m2m import SendSmsOperator
 
 with DAG("sms_under_faults", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)):
     SendSmsOperator(task_id="send", iccids={iccids!r}, message_text="Firmware update tonight", m2m_conn_id="faulty_m2m",
-                    max_workers=16, retries=6, retry_delay=dt.timedelta(0))
+                    max_workers=16, retries=6, retry_delay=dt.timedelta(seconds=3))
 """
+# A retry must come after the platform has finished what it was doing: a "slow" answer is carried out 2 s
+# after it arrived, 1 s after the client gave up on it. A retry that looked the SIM up before that could not
+# see the message and would send it again, so the retry waits longer than that (as any real retry_delay does).
 
 
 def test_sms_under_faults_one_message_per_sim(faulty, dags_folder, monkeypatch):
