@@ -91,7 +91,7 @@ def clock(monkeypatch):
 
 
 def test_rate_limiter_holds_the_rate_over_many_reserves(clock):
-    limiter = RateLimiter(50, burst=1)
+    limiter = RateLimiter(50)
     sent = []
     for _ in range(500):  # callers that sleep as told, back to back
         clock.sleep(limiter.reserve())
@@ -105,18 +105,9 @@ def test_rate_limiter_holds_the_rate_over_many_reserves(clock):
 
 
 def test_rate_limiter_reservations_made_at_once_are_spread(clock):
-    limiter = RateLimiter(20, burst=1)
+    limiter = RateLimiter(20)
     waits = [limiter.reserve() for _ in range(100)]  # 100 concurrent callers reserve at the same instant
     assert waits == pytest.approx([i / 20 for i in range(100)])
-
-
-def test_rate_limiter_burst_allows_that_many_at_once(clock):
-    limiter = RateLimiter(10, burst=5)
-    waits = [limiter.reserve() for _ in range(7)]
-    assert waits[:5] == pytest.approx([0.0] * 5, abs=1e-9)
-    assert waits[5:] == pytest.approx([0.1, 0.2])
-    clock.now += 10  # a quiet spell refills the burst
-    assert [limiter.reserve() for _ in range(5)] == pytest.approx([0.0] * 5, abs=1e-9)
 
 
 def test_rate_limiter_unlimited_and_pause(clock):
@@ -245,7 +236,7 @@ def test_an_oversized_answer_is_refused_at_once_not_retried():
         raise transport.BodyTooLargeError
 
     with pytest.raises(ProtocolError, match="larger than 1048576 bytes; refused"):
-        transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: r, RateLimiter(None))
+        transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: r)
     assert len(sends) == 1
 
 
@@ -259,7 +250,5 @@ def test_an_unreadable_answer_to_a_query_is_retried_then_accepted():
         return answer
 
     interpret_calls = []
-    result = transport.call_sync(
-        Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status, RateLimiter(None)
-    )
+    result = transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status)
     assert result == 200 and len(interpret_calls) == 1 and not answers
