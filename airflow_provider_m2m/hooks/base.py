@@ -49,13 +49,14 @@ class PlatformHook(BaseHook):
         self.retry_policy = retry_policy or RetryPolicy()
         self.scheme_assumed = False  # set by base_url
         self._places: dict[str, str] = {}  # url -> how _where shows it
+        self._connection: Any = None  # set by fetch_connection
 
     @property
     def conn_id(self) -> str:
         """The connection id, read from the attribute ``conn_name_attr`` names."""
         return getattr(self, self.conn_name_attr)
 
-    @cached_property
+    @property
     def connection(self) -> Any:
         """The Airflow connection (fetched on first use, see :meth:`fetch_connection`)."""
         return self.fetch_connection()
@@ -68,34 +69,35 @@ class PlatformHook(BaseHook):
 
         :raises InvalidRequestError: a required extra is missing.
         """
-        if "connection" not in self.__dict__:
+        if self._connection is None:
             conn = self.get_connection(self.conn_id)
             if conn.password:
                 mask_secret(conn.password)
-            self._check_extras(conn)
-            self.__dict__["connection"] = conn
-        return self.__dict__["connection"]
+            self._connection = self._checked(conn)
+        return self._connection
 
     async def afetch_connection(self) -> Any:
         """:meth:`fetch_connection` without blocking the event loop (in a trigger); masked the same way."""
-        if "connection" not in self.__dict__:
+        if self._connection is None:
             conn = await self.aget_connection(self.conn_id)
             if conn.password:
                 await amask_secret(conn.password)
-            self._check_extras(conn)
-            self.__dict__["connection"] = conn
-        return self.__dict__["connection"]
+            self._connection = self._checked(conn)
+        return self._connection
 
-    def _check_extras(self, conn: Any) -> None:
-        extras = conn.extra_dejson
+    def _checked(self, conn: Any) -> Any:
         for name, rule in self.required_extras.items():
-            if extras.get(name, extras.get(f"extra__{self.conn_type}__{name}")) in (None, ""):
+            if self._extra_of(conn, name) in (None, ""):
                 raise InvalidRequestError(f"connection {self.conn_id!r} extra {name!r}", rule)
+        return conn
+
+    def _extra_of(self, conn: Any, name: str) -> Any:
+        extras = conn.extra_dejson
+        return extras.get(name, extras.get(f"extra__{self.conn_type}__{name}"))
 
     def extra(self, name: str, default: Any = None) -> Any:
         """An extra field, plain (``timeout``) or as the UI may store it (``extra__<type>__timeout``)."""
-        extras = self.connection.extra_dejson
-        value = extras.get(name, extras.get(f"extra__{self.conn_type}__{name}"))
+        value = self._extra_of(self.connection, name)
         return default if value in (None, "") else value
 
     def _number_extra(self, name: str, default: float | None) -> float | None:

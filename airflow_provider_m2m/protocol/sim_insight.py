@@ -173,7 +173,10 @@ class SmsReceipt:
 
     :param iccid: the SIM the message went to.
     :param sms_uid: the message's uid (given or assigned by the platform).
-    :param outcome: ``success`` when the platform accepted the message.
+    :param outcome: always ``success`` from the hook (a send that is not accepted raises instead). Kept,
+        though it carries no information here, because :meth:`as_dict` is the row shape every SMS report
+        shares (``SendSmsOperator``'s rows, the ledger, the delivery sensor's input), where ``unknown`` and
+        ``failed`` do occur; and it is part of the published ``SmsReceipt`` API.
     """
 
     iccid: str
