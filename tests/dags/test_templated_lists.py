@@ -32,4 +32,6 @@ def test_a_list_param_rendered_into_iccids_and_msisdns_is_read_as_that_list(sb, 
     assert (tis["not_a_list"].state, tis["not_a_list"].try_number) == ("failed", 1)
     out = capfd.readouterr()
     assert "iccids: an ICCID has digits only" in out.out + out.err
-    assert sb.stats()["requests"] == len(iccids) + len(msisdns) + 1  # + the Daraja token
+    stats = sb.stats()
+    assert stats["imei_queries_per_iccid"] == dict.fromkeys(iccids, 1)  # none for the task that failed
+    assert stats["checks_per_msisdn"] == dict.fromkeys(msisdns, 1)
