@@ -124,12 +124,12 @@ def test_rate_limiter_unlimited_and_pause(clock):
 
 
 # ---------------------------------------------------------------------------------------------- Attempts
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
 def test_transient_statuses_are_not_final(status):
     assert not Attempts(FAST, "x", LOG).is_final(reply(status))
 
 
-@pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 500])
+@pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 409, 422, 500])
 def test_other_statuses_are_final(status):
     assert Attempts(FAST, "x", LOG).is_final(reply(status))
 
@@ -160,6 +160,7 @@ def test_idempotent_calls_retry_every_transient_failure(failure, caplog):
 @pytest.mark.parametrize(
     ("failure", "reason"),
     [
+        (reply(408), "HTTP 408"),
         (reply(429), "HTTP 429"),
         (reply(503), "HTTP 503"),
         (SendError("connection failed", reached_server=False), "connection failed"),
@@ -252,3 +253,18 @@ def test_an_unreadable_answer_to_a_query_is_retried_then_accepted():
     interpret_calls = []
     result = transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status)
     assert result == 200 and len(interpret_calls) == 1 and not answers
+
+
+def test_a_failed_tls_handshake_is_raised_at_once_not_retried():
+    attempts = Attempts(FAST, "query_imei 8925", LOG, where=" at https://h:1")
+    handshake = SendError("TLS handshake failed (WRONG_VERSION_NUMBER)", reached_server=False, retryable=False)
+    with pytest.raises(SendError) as info:
+        attempts.wait_after(handshake)
+    assert info.value is handshake and attempts.count == 1
+
+
+def test_a_network_failure_says_where_it_happened(caplog):
+    attempts = Attempts(FAST, "query_imei 8925", LOG, where=" at https://h:1")
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        attempts.wait_after(SendError("connection failed", reached_server=False))
+    assert "(attempt 2): connection failed at https://h:1" in caplog.text
