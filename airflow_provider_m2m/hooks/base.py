@@ -241,10 +241,10 @@ class PlatformHook(BaseHook):
         self.retry_policy = replace(policy, max_attempts=1)
         try:
             return True, probe()
-        except (M2mProviderError, ValueError) as exc:
+        except M2mProviderError as exc:  # its message names the connection or the call already
             return False, str(exc)
-        except Exception as exc:  # a missing connection, anything unforeseen: still an answer, not a crash
-            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # an unusable host, a missing connection: still an answer, not a crash
+            return False, f"Connection {self.conn_id!r}: {exc}"
         finally:
             self.retry_policy = policy
 
