@@ -9,9 +9,8 @@ HTTP plumbing shared by both hooks; no Airflow imports.
 * :func:`send_sync` (requests, for single calls) and :func:`send_async` (aiohttp, for batches: about a third
   of the client CPU per call of requests from threads), both returning a :class:`Reply` or raising
   :class:`SendError` that says whether the request may have reached the server.
-* :func:`map_concurrently`: run a coroutine per item with bounded concurrency and yield results as they
-  complete, driving the event loop on the caller's thread (no worker threads: Airflow's in-process
-  supervisor channel is not thread-safe) with bounded buffering, so memory stays flat.
+
+Running a batch of such calls concurrently is :mod:`airflow_provider_m2m.batches`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -66,6 +64,14 @@ class BodyTooLargeError(ProtocolError):
 
     def __init__(self) -> None:
         super().__init__(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
+
+
+class RetryableStatus(Exception):
+    """A transient HTTP status (429, 502, 503, 504, 408): raised by :meth:`Attempts.result` to retry."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(f"HTTP {reply.status}")
 
 
 class SendError(Exception):
@@ -161,16 +167,30 @@ class Attempts:
         """True when ``reply`` is the call's answer (not a transient status to retry)."""
         return reply.status not in RETRYABLE_STATUSES
 
-    def wait_after(self, failure: Reply | SendError | ProtocolError) -> float:
+    def result(self, reply: Reply, interpret: Callable[[Reply], R]) -> R:
+        """
+        The call's result from ``reply``, through ``interpret``.
+
+        :raises RetryableStatus: ``reply`` is a transient status, worth another attempt.
+        :raises ProtocolError: ``interpret`` could not understand the answer (also worth another attempt).
+        """
+        if not self.is_final(reply):
+            raise RetryableStatus(reply)
+        return interpret(reply)
+
+    def wait_after(self, failure: Reply | RetryableStatus | SendError | ProtocolError) -> float:
         """
         Seconds to wait before the next attempt after ``failure``.
 
         :raises OutcomeUnknownError: a non-idempotent request may have been carried out.
         :raises TransientError: the budget is spent.
+        :raises SendError, BodyTooLargeError: ``failure`` itself, when no attempt could fix it.
         """
         retry_after = None
-        if isinstance(failure, SendError) and not failure.retryable:
+        if isinstance(failure, BodyTooLargeError) or (isinstance(failure, SendError) and not failure.retryable):
             raise failure
+        if isinstance(failure, RetryableStatus):
+            failure = failure.reply
         if isinstance(failure, Reply):
             reason, retry_after = f"HTTP {failure.status}", failure.retry_after
             maybe_done = failure.status not in REFUSED_STATUSES
@@ -346,6 +366,10 @@ async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kw
         raise SendError("connection dropped before the answer", reached_server=True) from None
 
 
+#: What an attempt can raise that :meth:`Attempts.wait_after` decides about.
+_FAILED_ATTEMPT = (RetryableStatus, SendError, ProtocolError)
+
+
 def call_sync(attempts: Attempts, send: Callable[[], Reply], interpret: Callable[[Reply], R]) -> R:
     """
     Send until ``interpret`` accepts a final reply, sleeping as ``attempts`` decides.
@@ -356,139 +380,18 @@ def call_sync(attempts: Attempts, send: Callable[[], Reply], interpret: Callable
     while True:
         time.sleep(max(0.0, attempts.wait_before()))
         try:
-            reply = send()
-            if attempts.is_final(reply):
-                return interpret(reply)
-            failure: Reply | SendError | ProtocolError = reply
-        except BodyTooLargeError:
-            raise
-        except (SendError, ProtocolError) as exc:
-            failure = exc
-        time.sleep(attempts.wait_after(failure))
+            return attempts.result(send(), interpret)
+        except _FAILED_ATTEMPT as failure:
+            time.sleep(attempts.wait_after(failure))
 
 
 async def call_async(attempts: Attempts, send: Callable[[], Awaitable[Reply]], interpret: Callable[[Reply], R]) -> R:
-    """The asyncio twin of :func:`call_sync`."""
+    """The asyncio twin of :func:`call_sync`: the same decisions, awaiting instead of sleeping."""
     while True:
         wait = attempts.wait_before()
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            reply = await send()
-            if attempts.is_final(reply):
-                return interpret(reply)
-            failure: Reply | SendError | ProtocolError = reply
-        except BodyTooLargeError:
-            raise
-        except (SendError, ProtocolError) as exc:
-            failure = exc
-        await asyncio.sleep(attempts.wait_after(failure))
-
-
-_DONE = object()
-
-
-def refuse_inside_event_loop(async_twin: str) -> None:
-    """
-    Refuse a synchronous batch inside a running event loop (Jupyter, async code), before anything starts.
-
-    The batch drives its own loop on the caller's thread (no worker threads, see :func:`map_concurrently`),
-    which cannot run while another loop runs there; refusing before the first coroutine is made leaves no
-    "coroutine was never awaited" behind.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(f"This is called inside a running event loop: use `await {async_twin}(...)` instead")
-
-
-async def _pool(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    client: aiohttp.ClientSession,
-    emit: Callable[[R], Awaitable[None]],
-    max_workers: int,
-) -> None:
-    """Run ``work`` over ``items`` in ``max_workers`` tasks pulling from one iterator; ``emit`` each result."""
-    pending = iter(items)
-
-    async def worker() -> None:
-        for item in pending:  # shared iterator: safe, everything runs on one thread
-            await emit(await work(client, item))
-
-    async with asyncio.TaskGroup() as group:
-        for _ in range(max_workers):
-            group.create_task(worker())
-
-
-async def gather_concurrently(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    *,
-    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
-    max_workers: int,
-) -> list[R]:
-    """
-    The coroutine twin of :func:`map_concurrently` for code already inside an event loop (a trigger):
-    all the results, in completion order. An exception from ``work`` is raised here.
-    """
-    results: list[R] = []
-
-    async def keep(result: R) -> None:
-        results.append(result)
-
-    try:
-        async with session() as client:
-            await _pool(items, work, client, keep, max_workers)
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    return results
-
-
-def map_concurrently(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    *,
-    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
-    max_workers: int,
-) -> Iterator[R]:
-    """
-    Yield ``await work(session, item)`` for every item, at most ``max_workers`` at a time, as they complete.
-
-    The event loop runs on the caller's thread while it waits for the next result, so no code runs in
-    other threads. Items are pulled lazily and results are buffered at most ``2 * max_workers`` deep:
-    memory does not grow with the number of items. An exception from ``work`` stops the batch and is
-    raised here; closing the iterator early cancels what is in flight.
-    """
-    loop = asyncio.new_event_loop()
-    results: asyncio.Queue = asyncio.Queue(maxsize=2 * max_workers)
-
-    async def run_all() -> None:
-        try:
-            async with session() as client:
-                await _pool(items, work, client, results.put, max_workers)
-        finally:
-            await results.put(_DONE)
-
-    runner = loop.create_task(run_all())
-    try:
-        finished = False
-        while not finished:
-            ready = [loop.run_until_complete(results.get())]
-            while not results.empty():  # take what else is ready without another turn of the loop
-                ready.append(results.get_nowait())
-            if ready[-1] is _DONE:
-                finished = True
-                ready.pop()
-            yield from ready
-        try:
-            loop.run_until_complete(runner)
-        except BaseExceptionGroup as group:  # the first error from work(), as the caller expects
-            raise group.exceptions[0] from None
-    finally:
-        if not runner.done():
-            runner.cancel()
-            loop.run_until_complete(asyncio.gather(runner, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+            return attempts.result(await send(), interpret)
+        except _FAILED_ATTEMPT as failure:
+            await asyncio.sleep(attempts.wait_after(failure))

@@ -15,7 +15,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import amask_secret, mask_secret
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_m2m import transport
+from airflow_provider_m2m import batches, transport
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError, M2mProviderError
 from airflow_provider_m2m.transport import Attempts, RateLimiter, Reply, RetryPolicy
 
@@ -286,11 +286,11 @@ class PlatformHook(BaseHook):
         :param async_twin: the coroutine method to name when this is called inside a running event loop.
         """
         workers = self._workers(max_workers)
-        transport.refuse_inside_event_loop(f"{type(self).__name__}.{async_twin}")
+        batches.refuse_inside_event_loop(f"{type(self).__name__}.{async_twin}")
         if not items:
             return iter(())
         self.fetch_connection()  # on this thread, before the loop starts
-        return transport.map_concurrently(
+        return batches.map_concurrently(
             items, _one_item(work, error_row), session=lambda: self.batch_session(workers), max_workers=workers
         )
 
@@ -306,7 +306,7 @@ class PlatformHook(BaseHook):
         if not items:
             return []
         await self.afetch_connection()
-        return await transport.gather_concurrently(
+        return await batches.gather_concurrently(
             items, _one_item(work, error_row), session=lambda: self.batch_session(workers), max_workers=workers
         )
 

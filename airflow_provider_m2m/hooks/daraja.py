@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_m2m import transport
+from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import daraja
@@ -253,7 +253,7 @@ class DarajaHook(PlatformHook):
         :param max_workers: checks in flight at once (default 16).
         """
         counts = Counter(msisdn_rules.validate_many(msisdns, allow_empty=True))
-        transport.refuse_inside_event_loop(f"{type(self).__name__}.acheck_sim_swaps")
+        batches.refuse_inside_event_loop(f"{type(self).__name__}.acheck_sim_swaps")
         if counts:
             self.get_access_token()  # on this thread, before the loop: a bad secret stops the batch here
         records = self.map_concurrently(
