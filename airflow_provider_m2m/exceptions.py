@@ -69,12 +69,15 @@ class M2mApiError(M2mProviderError):
 
     :param command: the command that failed (``query_imei``, ``send_sms``, ...).
     :param description: the platform's error description, e.g. ``invalid iccid``.
+    :param status: the HTTP status of the answer: 200 for an ``api_outcome`` failure, a 4xx when the
+        platform refused the request outright (its final word: never retried).
     :param iccid: the SIM the call was about (every per-SIM call names it), or None.
     """
 
-    def __init__(self, command: str, description: str, *, iccid: str | None = None) -> None:
+    def __init__(self, command: str, description: str, status: int = 200, *, iccid: str | None = None) -> None:
         self.command = command
         self.description = description
+        self.status = status
         self.iccid = iccid
         super().__init__(self._message())
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from airflow_provider_m2m import transport
+from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import (
     AuthenticationError,
     M2mApiError,
@@ -131,9 +131,9 @@ def send_once_each(
             ledger.save(w, outcomes[w])
         return index, row["outcome"]
 
-    hook.connection  # noqa: B018 - fetch the connection and mask its secret on this thread, before the loop
-    batches = transport.map_concurrently(jobs(), work, session=lambda: hook.batch_session(workers), max_workers=workers)
-    for _, outcome in batches:
+    hook.fetch_connection()  # on this thread, before the loop starts (the secret masker is not for inside it)
+    ended = batches.map_concurrently(jobs(), work, session=lambda: hook.batch_session(workers), max_workers=workers)
+    for _, outcome in ended:
         progress.step(outcome=COUNTED_AS[outcome])
     log.info("%s", progress.line())
     if ledger.round_trips:

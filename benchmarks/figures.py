@@ -414,7 +414,7 @@ def delivery(args: argparse.Namespace) -> dict:
         return result
     from airflow.utils import db
 
-    from airflow_provider_m2m import transport
+    from airflow_provider_m2m import batches
     from airflow_provider_m2m.hooks.m2m import M2mHook
     from airflow_provider_m2m.sandbox import Fleet
 
@@ -444,9 +444,9 @@ def delivery(args: argparse.Namespace) -> dict:
         sb.configure(sms_delivery_delay=args.delay)
         os.environ.update(_conn_env(sb))
         hook = M2mHook()
-        hook.connection  # noqa: B018 - fetched and masked before the batch's event loop starts
+        hook.fetch_connection()  # fetched and masked before the batch's event loop starts
         # Send first, unlimited (not measured), then give the platform its limit and latency and wait.
-        sends = transport.map_concurrently(
+        sends = batches.map_concurrently(
             final,
             lambda client, n: hook.asend_sms(client, n, "Update tonight"),
             session=lambda: hook.batch_session(32),

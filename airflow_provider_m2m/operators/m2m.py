@@ -109,7 +109,7 @@ class QueryImeiOperator(BaseOperator):
             numbers = iccid_rules.validate_many(self.iccids)
             since = parse_changed_since(self.changed_since)
             workers = as_workers(self.max_workers)
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             kept = (r.as_dict() for r in self._kept(self.hook.query_imeis(numbers, workers), since, progress, counts))
@@ -226,8 +226,7 @@ class SendSmsOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with bad_input_fails_task():
-            nothing = isinstance(self.iccids, (list, tuple)) and not self.iccids  # e.g. no SIM moved today
-            listed = [] if nothing else iccid_rules.validate_many(self.iccids)
+            listed = iccid_rules.validate_many(self.iccids, allow_empty=True)  # empty: e.g. no SIM moved today
             numbers = list(dict.fromkeys(listed))  # one message per SIM
             coding = sms.validate_data_coding(self.data_coding)
             text = sms.validate_message(self.message_text, coding)
@@ -241,7 +240,7 @@ class SendSmsOperator(BaseOperator):
             if not numbers:
                 self.log.info("No SIMs to send to: nothing sent")
                 return []
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
         if len(listed) > len(numbers):
             self.log.info(
                 "%d duplicate ICCIDs dropped: %d SIMs listed, one message each to %d distinct SIMs",

@@ -106,7 +106,7 @@ class SmsDeliveryTrigger(BaseTrigger):
         first_pause = interval if self.wait_first is True else float(self.wait_first)
         round_started = time.monotonic() - (interval - first_pause)
         try:
-            await hook.aconnection()
+            await hook.afetch_connection()
             budget = requests_per_poke(self.max_requests_per_poke, self.poke_interval, hook.limiter.rate)
             while True:
                 if wait:
