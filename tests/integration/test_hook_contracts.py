@@ -122,12 +122,18 @@ def test_a_4xx_with_a_non_xml_body_is_final_and_sent_once(monkeypatch, refusing_
         extra={"api_id": "1"},
     )  # fmt: skip
     hook = M2mHook(m2m_conn_id=conn_id, retry_policy=FAST)
-    with pytest.raises(M2mApiError, match=r"^SIM Insight query_imei failed: HTTP 400: 'Bad Request") as info:
-        hook.query_imei("8925401000000000012")
-    assert info.value.status == 400
+    sim = "8925401000000000012"
+    with pytest.raises(
+        M2mApiError, match=rf"^SIM Insight query_imei for SIM {sim} failed: HTTP 400: 'Bad Request"
+    ) as info:
+        hook.query_imei(sim)
+    assert info.value.status == 400 and info.value.iccid == sim
     assert _Answer400.requests == 1
-    records = list(hook.query_imeis(["8925401000000000012", "8925401000000000013"]))
-    assert [r.error.startswith("SIM Insight query_imei failed: HTTP 400") for r in records] == [True, True]
+    records = list(hook.query_imeis([sim, "8925401000000000013"]))
+    assert [r.error.startswith(f"SIM Insight query_imei for SIM {r.iccid} failed: HTTP 400") for r in records] == [
+        True,
+        True,
+    ]
     assert _Answer400.requests == 3  # one request per SIM, none repeated
     ok, message = hook.test_connection()
     assert ok is False and "HTTP 400" in message  # a refusal proves nothing about the credentials
