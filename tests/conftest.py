@@ -123,7 +123,7 @@ def _issued_tokens(request) -> list[str]:
     if "sandbox" not in request.fixturenames:
         return []
     sandbox = request.getfixturevalue("sandbox")
-    tokens = sandbox.issued_tokens() if hasattr(sandbox, "issued_tokens") else []
+    tokens = sandbox.issued_tokens()
     _ISSUED_TOKENS.update(tokens)
     return tokens
 
