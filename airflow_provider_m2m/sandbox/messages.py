@@ -12,7 +12,7 @@ XML_CT = "application/xml"
 JSON_CT = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """
     One HTTP request as the sandbox read it.

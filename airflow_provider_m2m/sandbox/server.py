@@ -26,11 +26,8 @@ from .state import LOG_ENTRY, Fault, SandboxState
 _HTML_PAGE = b"<!DOCTYPE html><html><head><title>Error</title></head><body><h1>Service error</h1></body></html>"
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+# Reason phrases from the stdlib's table, looked up once per status rather than through the enum per answer.
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = reply.body
         # One write of head and body: the stdlib's send_response/send_header would write line by line.
         head = [
-            f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
+            f"HTTP/1.1 {reply.status} {_PHRASES.get(reply.status, 'Unknown')}\r\n"
             f"Server: m2m-sandbox\r\nContent-Type: {reply.ctype}\r\nContent-Length: {len(body)}\r\n"
         ]
         for k, v in reply.headers:
