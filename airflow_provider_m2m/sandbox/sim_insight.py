@@ -19,7 +19,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -210,7 +210,7 @@ def send_sms(state: SandboxState, root: etree._Element, entry: dict[str, Any]) -
         return err, ""
     if uid is None:
         uid = entry["sms_uid"] = random_alnum(12)
-    now = datetime.now(UTC)
+    now = state.now()
     state.store_sms(
         iccid,
         {
@@ -246,7 +246,7 @@ def query_sms_mt_details(state: SandboxState, root: etree._Element, entry: dict[
     if not msgs:
         return None, "<sms/>"
     parts = []
-    now = datetime.now(UTC)
+    now = state.now()
     for m in msgs:
         # Every message is pending until it settles into its SIM's fate; "pending" SIMs never settle.
         status = m["fate"] if now >= m["settles"] else "pending"

@@ -14,6 +14,7 @@ import random
 import secrets
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from .fleet import Fleet
@@ -243,6 +244,10 @@ class SandboxState:
             if command is None:
                 return [dict(e) for e in self.log]
             return [dict(e) for e in self.log if e["command"] == command]
+
+    def now(self) -> datetime:
+        """The platforms' clock (UTC); the one place to change should the sandbox get a settable "now"."""
+        return datetime.now(UTC)
 
     def issued_tokens(self) -> list[str]:
         """Every access token issued since the start (kept across reset and revoke), for leak checks."""
