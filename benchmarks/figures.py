@@ -26,13 +26,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 from airflow_provider_m2m.sandbox import Sandbox
+from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airflow_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sandbox_throughput import hammer
@@ -139,14 +139,10 @@ def _in_airflow_home(args: argparse.Namespace, extra_env: dict[str, str] | None 
     """
     if args.child:
         return None
-    home = Path(tempfile.mkdtemp(prefix="m2m-bench-home-"))
-    (home / "dags").mkdir()
+    home = new_airflow_home("m2m-bench-home-")
     env = {
         **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        **airflow_home_env(home),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("M2M_BENCH_LOG_LEVEL", "WARNING"),
         **(extra_env or {}),
     }
@@ -183,7 +179,6 @@ def executor(args: argparse.Namespace) -> dict:
         return _in_airflow_home(
             args,
             {
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.api_port}/execution/",
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
