@@ -18,11 +18,21 @@ from airflow_provider_m2m.exceptions import (
 )
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
-from airflow_provider_m2m.protocol import sim_insight, sms
+from airflow_provider_m2m.protocol import sim_insight, sim_status, sms
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
+from airflow_provider_m2m.protocol.sim_status import SimStatus, StatusChange, UsageRecord
 from airflow_provider_m2m.transport import Reply, RetryPolicy
 
-__all__ = ["ImeiRecord", "M2mHook", "SmsDetails", "SmsHistory", "SmsReceipt"]
+__all__ = [
+    "ImeiRecord",
+    "M2mHook",
+    "SimStatus",
+    "SmsDetails",
+    "SmsHistory",
+    "SmsReceipt",
+    "StatusChange",
+    "UsageRecord",
+]
 
 # test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
 # "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
@@ -292,3 +302,81 @@ class M2mHook(PlatformHook):
         except (M2mProviderError, ValueError) as exc:
             return False, str(exc)
         return True, f"Credentials accepted; SIM {record.iccid} is in device {record.current_imei or 'unknown'}"
+
+    # ------------------------------------------------------------------ SIM status and usage
+    def query_status(self, iccid: str) -> SimStatus:
+        """
+        The SIM's status: ``active``, ``deactivated`` or ``closed`` (permanent: make no further calls for it).
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_status", [("iccid", number)], what=f"query_status {number}")
+        return sim_status.sim_status(number, fields)
+
+    def query_statuses(self, iccids: Iterable[str], max_workers: int | None = None) -> Iterator[SimStatus]:
+        """
+        :meth:`query_status` for many SIMs with bounded concurrency, like :meth:`query_imeis`: one record per
+        input ICCID as they complete; a SIM whose query failed has ``.error`` set and ``status`` None.
+
+        :param iccids: the ICCIDs (any iterable, or one ICCID as a plain string); all validated first.
+        :param max_workers: calls in flight at once (default 16).
+        """
+        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
+        interpret = self._interpret("query_status")
+        body = sim_insight.request_template("query_status", **self._credentials, field="iccid")
+
+        async def query(client: aiohttp.ClientSession, number: str) -> SimStatus:
+            try:
+                fields = await self.arequest(
+                    client,
+                    "POST",
+                    self.base_url,
+                    interpret,
+                    what=f"query_status {number}",
+                    data=body(number),
+                    headers=_HEADERS,
+                )
+                return sim_status.sim_status(number, fields)
+            except AuthenticationError:
+                raise
+            except M2mProviderError as exc:
+                return SimStatus(iccid=number, error=str(exc))
+
+        return self.map_concurrently(numbers, query, max_workers)
+
+    def set_status(self, iccid: str, status: str) -> StatusChange:
+        """
+        Activate or deactivate a SIM (``set_status``): a command, carried out at once by the platform.
+
+        Both arguments are validated before anything is sent. The request carries the platform's own
+        spelling (``de-activated``). Like an SMS it is never retried once it may have reached the platform:
+        :class:`~airflow_provider_m2m.exceptions.OutcomeUnknownError` is raised instead, and the caller reads
+        the status back (:meth:`query_status`) to settle it.
+
+        :param iccid: the SIM's ICCID.
+        :param status: ``active`` or ``deactivated`` (any case). ``closed`` cannot be set.
+        :raises M2mApiError: the platform refused (e.g. ``invalid iccid``, ``invalid content``).
+        """
+        number = iccid_rules.validate(iccid)
+        target = sim_status.validate_target(status)
+        word = sim_status.set_status_word(target)
+        self.call(
+            "set_status", [("iccid", number), ("status", word)], what=f"set_status {number} {word}", idempotent=False
+        )
+        return StatusChange(iccid=number, status=target)
+
+    def query_usage(self, iccid: str) -> UsageRecord:
+        """
+        The SIM's usage this calendar month: data (MB), chargeable SMS, voice minutes.
+
+        The platform's figures lag by a few hours and the call fans out to partner networks, which may
+        rate-limit it: ask once a day, not in a polling loop.
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_usage", [("iccid", number)], what=f"query_usage {number}")
+        return sim_status.usage_record(number, fields)

@@ -32,6 +32,7 @@ from typing import Any
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 from lxml import etree
 
+from . import sim_status
 from .fleet import Fleet, midnight_utc
 
 SANDBOX_CREDENTIALS: dict[str, str] = {
@@ -44,7 +45,7 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
 
 FAULT_KINDS = ("503", "429", "502", "504", "drop", "drop_after", "slow", "malformed", "html", "empty")
 PLATFORMS = ("any", "m2m", "daraja")
-COMMANDS = ("query_imei", "send_sms", "query_sms_mt_details", "oauth", "checkATI")
+COMMANDS = ("query_imei", "send_sms", "query_sms_mt_details", *sim_status.HANDLERS, "oauth", "checkATI")
 _KNOBS = ("latency", "rate_limit", "token_ttl", "seed", "sms_delivery_delay", *SANDBOX_CREDENTIALS)
 
 _REASONS = {
@@ -248,6 +249,7 @@ class SandboxState:
     def _clear(self) -> None:
         self.faults: list[_Fault] = []
         self.sms: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.statuses = sim_status.SimStatuses(self.fleet.seed, self.fleet.by_iccid)
         self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=200_000)
         self.c_requests = 0
         self.c_by_command: collections.Counter[str] = collections.Counter()
@@ -836,6 +838,7 @@ _M2M_COMMANDS = {
     "query_imei": _Handler._query_imei,
     "send_sms": _Handler._send_sms,
     "query_sms_mt_details": _Handler._query_sms,
+    **{name: lambda h, root, entry, f=f: f(h.server.state.statuses, root) for name, f in sim_status.HANDLERS.items()},
 }
 
 
