@@ -11,9 +11,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, M2mProviderError, OutcomeUnknownError
 from airflow_provider_m2m.hooks.m2m import M2mHook, SimStatus
-from airflow_provider_m2m.operators._common import as_workers, bad_input_fails_task
+from airflow_provider_m2m.operators.arguments import as_workers
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_status
+from airflow_provider_m2m.task_failures import bad_input_fails_task
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

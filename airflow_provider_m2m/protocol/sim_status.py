@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_provider_m2m.exceptions import InvalidRequestError, ProtocolError
-from airflow_provider_m2m.protocol._text import as_text, shown
+from airflow_provider_m2m.protocol.values import as_text, shown
 
 ACTIVE, DEACTIVATED, CLOSED = "active", "deactivated", "closed"
 #: The statuses ``set_status`` can give, each with the word the platform's ``set_status`` takes.
