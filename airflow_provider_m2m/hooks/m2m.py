@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -38,6 +38,7 @@ __all__ = [
 # test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
 # "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
 PROBE_ICCID = "8900000000000000000"
+T = TypeVar("T")
 _HEADERS = {"Content-Type": sim_insight.CONTENT_TYPE, "Accept": sim_insight.CONTENT_TYPE}
 
 
@@ -154,26 +155,40 @@ class M2mHook(PlatformHook):
         :param iccids: the ICCIDs: any iterable, or one ICCID as a plain string.
         :param max_workers: calls in flight at once (default 16).
         """
-        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
-        interpret = self._interpret("query_imei")
-        body = sim_insight.request_template("query_imei", **self._credentials, field="iccid")
+        return self._query_each("query_imei", iccids, sim_insight.imei_record, ImeiRecord, max_workers)
 
-        async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
+    def _query_each(
+        self,
+        command: str,
+        iccids: Iterable[str],
+        record: Callable[[str, dict[str, str | None]], T],
+        failed: Callable[..., T],
+        max_workers: int | None,
+    ) -> Iterator[T]:
+        """
+        One query command for many SIMs, concurrently: ``record(iccid, fields)`` per answer, or
+        ``failed(iccid=..., error=...)`` for a SIM whose query failed; an authentication failure stops the batch.
+        """
+        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
+        interpret = self._interpret(command)
+        body = sim_insight.request_template(command, **self._credentials, field="iccid")
+
+        async def query(client: aiohttp.ClientSession, number: str) -> T:
             try:
                 fields = await self.arequest(
                     client,
                     "POST",
                     self.base_url,
                     interpret,
-                    what=f"query_imei {number}",
+                    what=f"{command} {number}",
                     data=body(number),
                     headers=_HEADERS,
                 )
-                return sim_insight.imei_record(number, fields)
+                return record(number, fields)
             except AuthenticationError:
                 raise
             except M2mProviderError as exc:
-                return ImeiRecord(iccid=number, error=str(exc))
+                return failed(iccid=number, error=str(exc))
 
         return self.map_concurrently(numbers, query, max_workers)
 
@@ -322,28 +337,7 @@ class M2mHook(PlatformHook):
         :param iccids: the ICCIDs (any iterable, or one ICCID as a plain string); all validated first.
         :param max_workers: calls in flight at once (default 16).
         """
-        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
-        interpret = self._interpret("query_status")
-        body = sim_insight.request_template("query_status", **self._credentials, field="iccid")
-
-        async def query(client: aiohttp.ClientSession, number: str) -> SimStatus:
-            try:
-                fields = await self.arequest(
-                    client,
-                    "POST",
-                    self.base_url,
-                    interpret,
-                    what=f"query_status {number}",
-                    data=body(number),
-                    headers=_HEADERS,
-                )
-                return sim_status.sim_status(number, fields)
-            except AuthenticationError:
-                raise
-            except M2mProviderError as exc:
-                return SimStatus(iccid=number, error=str(exc))
-
-        return self.map_concurrently(numbers, query, max_workers)
+        return self._query_each("query_status", iccids, sim_status.sim_status, SimStatus, max_workers)
 
     def set_status(self, iccid: str, status: str) -> StatusChange:
         """
