@@ -56,7 +56,11 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "SIM Insight M2M",
-                "python-modules": ["airflow_provider_m2m.operators.m2m", "airflow_provider_m2m.operators.sim_status"],
+                "python-modules": [
+                    "airflow_provider_m2m.operators.m2m",
+                    "airflow_provider_m2m.operators.sim_status",
+                    "airflow_provider_m2m.operators.approval",
+                ],
             },
             {
                 "integration-name": "Safaricom Daraja",
