@@ -107,7 +107,9 @@ def actions(report_uri: str) -> dict:
 
 
 def active_sims(sb, count: int) -> list[str]:
-    return sb.state.statuses.with_status(sb.fleet.iccids, "active")[:count]
+    """Active SIMs that did change device (old and new IMEI and the time are known)."""
+    active = sb.state.statuses.with_status(sb.fleet.iccids, "active")
+    return [i for i in active if sb.fleet.by_iccid[i].previous_imei and sb.fleet.by_iccid[i].last_change][:count]
 
 
 def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):

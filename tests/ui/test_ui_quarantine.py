@@ -49,7 +49,8 @@ def test_approval_in_the_ui_deactivates_exactly_the_chosen_sims(page, airflow_se
     status, _ = airflow_server.api("GET", "/api/v2/connections/m2m_default")
     assert status == 200, "m2m_default is made through the connection form by test_ui.py, which runs first"
     sandbox.reset()
-    sims = sandbox.state.statuses.with_status(sandbox.fleet.iccids, "active")[20:23]
+    active = sandbox.state.statuses.with_status(sandbox.fleet.iccids, "active")
+    sims = [i for i in active if sandbox.fleet.by_iccid[i].previous_imei and sandbox.fleet.by_iccid[i].last_change][:3]
     report = _write_report(tmp_path / "imei_changes.csv", sandbox, sims)
 
     airflow_server.wait_until(lambda: airflow_server.api("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 60, "the DAG")
@@ -72,8 +73,8 @@ def test_approval_in_the_ui_deactivates_exactly_the_chosen_sims(page, airflow_se
         expect(row).to_contain_text(sim.previous_imei)
         expect(row).to_contain_text(sim.normalized_imei)
     chosen = [sims[0], sims[2]]
-    field = page.locator("#element_iccids")
-    for iccid in chosen:  # the multi-select: type to filter, Enter takes the option
+    field = page.get_by_label("Select one or multiple values")  # the multi-select's input
+    for iccid in chosen:  # type to filter, Enter takes the option
         field.click()
         page.keyboard.type(iccid)
         page.keyboard.press("Enter")
