@@ -38,9 +38,9 @@ class ApproveSimsOperator(ApprovalOperator):
     The body lists the SIMs as a table (``intro`` above it); the form offers them in a multi-select,
     none chosen. **Approve** pushes the chosen ICCIDs (only ones from ``sims``) to XCom under the key
     ``approved_iccids``, so the next task takes ``approve.output["approved_iccids"]``; the decision (who
-    chose what) goes under the key ``decision``. **Reject** skips
-    the downstream tasks, like :class:`~airflow.providers.standard.operators.hitl.ApprovalOperator`. With
-    no answer by ``response_timeout`` the answer is Reject: nothing is acted on without a person's yes.
+    chose what) goes under the key ``decision``. **Reject** skips the downstream tasks, like
+    :class:`~airflow.providers.standard.operators.hitl.ApprovalOperator`. With no answer by
+    ``response_timeout`` the answer is Reject: nothing is acted on without a person's yes.
     An empty ``sims`` list asks nobody and approves nothing.
 
     :param sims: the SIMs, as dicts with at least ``iccid`` (e.g. an upstream task's output). Templated.
@@ -63,10 +63,8 @@ class ApproveSimsOperator(ApprovalOperator):
         intro: str = "",
         **kwargs: Any,
     ) -> None:
-        # Airflow passes the DAG's params in too; the operator keeps only its own (source "task").
-        params = kwargs.pop("params", None)
-        params = ParamsDict(params.dump() if isinstance(params, ParamsDict) else params)
-        params[CHOSEN_FIELD] = self._field([])
+        kwargs.pop("params", None)  # the DAG's params, which Airflow passes in: not the person's to answer
+        params = {CHOSEN_FIELD: self._field([])}
         super().__init__(subject=subject, defaults=ApprovalOperator.REJECT, params=params, **kwargs)
         self.sims = sims
         self.columns = columns
