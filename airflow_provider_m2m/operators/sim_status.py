@@ -74,10 +74,11 @@ class SetSimStatusOperator(BaseOperator):
         with bad_input_fails_task():
             target = sim_status.validate_target(self.status)
             workers = as_workers(self.max_workers)
-            if isinstance(self.iccids, (list, tuple)) and not self.iccids:  # e.g. nobody approved any SIM
+            # One command per SIM. No SIM at all (nobody approved any, say) is not an error: nothing to do.
+            numbers = list(dict.fromkeys(iccid_rules.validate_many(self.iccids, allow_empty=True)))
+            if not numbers:
                 self.log.info("No SIMs to set %s: nothing sent", target)
                 return []
-            numbers = list(dict.fromkeys(iccid_rules.validate_many(self.iccids)))  # one command per SIM
             self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
             # Read every status before the first command: a bad connection fails here, having changed nothing.
             current = {record.iccid: record for record in self.hook.query_statuses(numbers, workers)}
