@@ -256,8 +256,10 @@ class SandboxState:
         self.c_by_status: collections.Counter[int] = collections.Counter()
         self.c_faults: collections.Counter[str] = collections.Counter()
         self.c_rate_limited = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        # A gauge, not a counter: a reset must not zero it while a request is still being answered (its end()
+        # would take it below zero, and "settled" checks would wait forever).
+        self.in_flight = getattr(self, "in_flight", 0)
+        self.max_in_flight = self.in_flight
         self.c_tokens = 0
         self.c_sms: collections.Counter[str] = collections.Counter()
         self.c_imei: collections.Counter[str] = collections.Counter()
