@@ -5,10 +5,10 @@ Each SIM's starting status is drawn from a hash of its ICCID, like its SMS fate,
 move: about 85 % ``active``, 10 % ``deactivated``, 5 % ``closed``. ``set_status`` changes it (kept until
 the sandbox is reset); a closed SIM stays closed. Usage figures are drawn the same way.
 
-The handlers are pure: they take the SIM table and the parsed request and return ``(error, fields)``
-as the server's other SIM Insight handlers do. Errors follow the documentation: a missing or invalid
-element is ``invalid content``, an ICCID the account does not hold (or a closed SIM, which takes no
-commands) is ``invalid iccid``.
+The handlers have the shape of the other SIM Insight commands (``sim_insight.COMMANDS``):
+``(state, root, entry) -> (error, fields_xml)``, reading and changing ``state.statuses``. Errors follow
+the documentation: a missing or invalid element is ``invalid content``, an ICCID the account does not
+hold (or a closed SIM, which takes no commands) is ``invalid iccid``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Container
+from typing import Any
 
 from lxml import etree
 
@@ -101,16 +102,18 @@ def _sim(statuses: SimStatuses, root: etree._Element) -> tuple[str | None, str |
     return iccid, None
 
 
-def query_status(statuses: SimStatuses, root: etree._Element) -> tuple[str | None, str]:
+def query_status(state: Any, root: etree._Element, entry: dict[str, Any]) -> tuple[str | None, str]:
     """``query_status``: the SIM's status."""
+    statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
     if error:
         return error, ""
     return None, f"<status>{statuses.get(iccid)}</status>"
 
 
-def set_status(statuses: SimStatuses, root: etree._Element) -> tuple[str | None, str]:
+def set_status(state: Any, root: etree._Element, entry: dict[str, Any]) -> tuple[str | None, str]:
     """``set_status``: ``active`` or ``de-activated``; anything else (``deactivated`` too) is ``invalid content``."""
+    statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
     if error:
         return error, ""
@@ -124,8 +127,9 @@ def set_status(statuses: SimStatuses, root: etree._Element) -> tuple[str | None,
     return None, ""
 
 
-def query_usage(statuses: SimStatuses, root: etree._Element) -> tuple[str | None, str]:
+def query_usage(state: Any, root: etree._Element, entry: dict[str, Any]) -> tuple[str | None, str]:
     """``query_usage``: this month's data (MB, 3 decimals), chargeable SMS and voice minutes."""
+    statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
     if error:
         return error, ""
