@@ -288,3 +288,9 @@ class SendSmsOperator(BaseOperator):
             f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed_bad}{more}. A retry resends only to "
             f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
         )
+
+
+# Re-exported so every SIM Insight operator imports from this module (defined beside its own rules).
+from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator  # noqa: E402
+
+__all__ = ["QueryImeiOperator", "SendSmsOperator", "SetSimStatusOperator"]
