@@ -12,8 +12,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import DarajaHook
-from airflow_provider_m2m.operators._common import as_int, as_workers, bad_input_fails_task
+from airflow_provider_m2m.operators.arguments import as_int, as_workers
 from airflow_provider_m2m.protocol.msisdn import masked
+from airflow_provider_m2m.task_failures import bad_input_fails_task
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
