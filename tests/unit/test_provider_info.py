@@ -67,9 +67,10 @@ def test_each_connection_type_points_at_an_importable_hook(conn_type, attrs, lab
     assert "port" in entry["ui-field-behaviour"]["hidden-fields"]
 
 
-def test_m2m_form_declares_api_id_timeout_verify():
+def test_m2m_form_declares_api_id_timeout_verify_test_iccid():
     (m2m,) = [c for c in airflow_provider_m2m.get_provider_info()["connection-types"] if c["connection-type"] == "m2m"]
-    assert {"api_id", "timeout", "verify"} <= set(m2m["conn-fields"])
+    assert {"api_id", "timeout", "verify", "test_iccid"} <= set(m2m["conn-fields"])
+    assert m2m["conn-fields"]["test_iccid"]["schema"]["type"] == ["string", "null"]  # optional
     assert m2m["ui-field-behaviour"]["placeholders"]["host"] == "https://api.m2miportal.com"
 
 
