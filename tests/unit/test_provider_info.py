@@ -94,3 +94,14 @@ def test_airflow_cli_lists_the_provider_and_both_connection_types():
     types = {h["connection_type"]: h for h in hooks}
     assert types["m2m"]["class"] == "airflow_provider_m2m.hooks.m2m.M2mHook"
     assert types["daraja"]["class"] == "airflow_provider_m2m.hooks.daraja.DarajaHook"
+
+
+def test_s3_extra_brings_the_s3fs_filesystem():
+    """`s3://` URIs need ObjectStoragePath's s3 filesystem: `pip install 'airflow-provider-m2m[s3]'` brings it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (requirement,) = [Requirement(r) for r in project["optional-dependencies"]["s3"]]
+    assert (requirement.name, requirement.extras) == ("apache-airflow-providers-amazon", {"s3fs"})
