@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import pendulum
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -19,7 +18,7 @@ from airflow_provider_m2m.exceptions import (
 )
 from airflow_provider_m2m.files import chunked, write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators.arguments import as_workers
+from airflow_provider_m2m.operators.arguments import as_window, as_workers
 from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
@@ -38,34 +37,6 @@ CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
 
 #: At most this many ICCIDs are listed in ``changed_iccids`` (about 250 kB of XCom); the CSV has them all.
 MAX_CHANGED_ICCIDS = 10_000
-
-
-def parse_instant(value: object, field: str) -> pendulum.DateTime | None:
-    """An aware datetime, or an ISO 8601 string with a UTC offset, as a pendulum DateTime; None passes."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise InvalidRequestError(field, "must be an ISO 8601 date-time", repr(value)) from None
-    if not isinstance(value, dt.datetime):
-        raise InvalidRequestError(field, f"must be a datetime or an ISO 8601 string, not {type(value).__name__}")
-    if value.tzinfo is None:
-        raise InvalidRequestError(field, "must carry a timezone, e.g. 2026-11-20T00:00:00Z", repr(value.isoformat()))
-    return pendulum.instance(value)
-
-
-def parse_window(since: object, before: object) -> tuple[pendulum.DateTime | None, pendulum.DateTime | None]:
-    """``changed_since`` and ``changed_before`` parsed; an empty or reversed window is bad input naming both."""
-    start, end = parse_instant(since, "changed_since"), parse_instant(before, "changed_before")
-    if start is not None and end is not None and end <= start:
-        raise InvalidRequestError(
-            "changed_before",
-            "must be later than changed_since (the window is changed_since <= last_change < changed_before)",
-            f"{end.isoformat()} <= {start.isoformat()}",
-        )
-    return start, end
 
 
 class QueryImeiOperator(BaseOperator):
@@ -142,7 +113,7 @@ class QueryImeiOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
             numbers = iccid_rules.validate_many(self.iccids)
-            window = parse_window(self.changed_since, self.changed_before)
+            window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
             self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
