@@ -149,8 +149,18 @@ def test_fleet_edge_cases_and_oracle(tmp_path):
     assert sw["registration_note"].registration_text == REGISTRATION_NOTE
     path = f.write_csv(tmp_path / "fleet.csv")
     rows = list(csv.DictReader(path.open()))
-    assert rows[0] == {"iccid": f.sims[0].iccid, "asset_name": "truck-0000", "msisdn": f.sims[0].msisdn}
+    first = f.sims[0]
+    assert rows[0] == {
+        "iccid": first.iccid,
+        "asset_name": "truck-0000",
+        "msisdn": first.msisdn,
+        "expected_imei": first.normalized_imei,
+    }
     assert len(rows) == 200
+    mismatched = {
+        row["iccid"] for row in rows if row["expected_imei"] != (f.by_iccid[row["iccid"]].normalized_imei or "")
+    }
+    assert mismatched == set(f.inventory_mismatches) and len(mismatched) == 5
 
 
 # ---------------------------------------------------------------------- SIM Insight
