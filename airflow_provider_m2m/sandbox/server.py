@@ -134,20 +134,20 @@ class _Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------- platform requests
     def _platform(self, request: Request) -> None:
         st = self.server.state
-        latency, wait = st.begin()
+        latency, wait, generation = st.begin()
         entry = dict(LOG_ENTRY, time=time.time())
         logged = False
         try:
             reply = self._platform_reply(request, entry, latency, wait)
             entry["status"] = None if reply.drop else reply.status
-            st.record(entry)  # before answering, so a client that saw the answer also sees the log
+            st.record(entry, generation)  # before answering, so a client that saw the answer also sees the log
             logged = True
             self._write(reply)
         except Exception as exc:  # pragma: no cover - keep the client from hanging
             entry["status"] = 500
             entry["error"] = f"{type(exc).__name__}: {exc}"
             if not logged:
-                st.record(entry)
+                st.record(entry, generation)
             try:
                 self._write(Reply(500, b"internal sandbox error", "text/plain"))
             except OSError:

@@ -111,6 +111,8 @@ class SandboxState:
         self.tokens: dict[str, float] = {}
         self.issued: list[str] = []  # every access token ever issued (kept across reset/revoke), for leak checks
         self._apply_defaults()
+        self.in_flight = 0
+        self.generation = 0
         self._clear()
 
     # ------------------------------------------------------------------ knobs
@@ -221,8 +223,10 @@ class SandboxState:
         self.c_by_status: collections.Counter[int] = collections.Counter()
         self.c_faults: collections.Counter[str] = collections.Counter()
         self.c_rate_limited = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        # in_flight is a gauge of requests being served right now, not a counter: a reset leaves it alone
+        # (a slow request from before a reset still leaves later). Its generation tells it apart.
+        self.max_in_flight = self.in_flight
+        self.generation += 1
         self.c_tokens = 0
         self.c_sms: collections.Counter[str] = collections.Counter()
         self.c_imei: collections.Counter[str] = collections.Counter()
@@ -284,8 +288,8 @@ class SandboxState:
             return [dict(m) for m in self.sms.get(iccid, ())]
 
     # ------------------------------------------------------------------ per request
-    def begin(self) -> tuple[float, float]:
-        """Count a platform request entering; return (latency, retry_after or 0 if admitted)."""
+    def begin(self) -> tuple[float, float, int]:
+        """Count a platform request entering; return (latency, retry_after or 0 if admitted, generation)."""
         with self.lock:
             self.c_requests += 1
             self.in_flight += 1
@@ -301,16 +305,18 @@ class SandboxState:
                 else:
                     wait = max(1.0, math.ceil((1.0 - self.bucket) / self.rate_limit))
                     self.c_rate_limited += 1
-            return self.latency, wait
+            return self.latency, wait, self.generation
 
     def end(self) -> None:
         """Count a platform request leaving."""
         with self.lock:
             self.in_flight -= 1
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Count and log a platform request's outcome."""
+    def record(self, entry: dict[str, Any], generation: int) -> None:
+        """Count and log a platform request's outcome, unless it began before the last :meth:`reset`."""
         with self.lock:
+            if generation != self.generation:
+                return
             self.c_by_command[entry["command"]] += 1
             if entry.get("status") is not None:
                 self.c_by_status[entry["status"]] += 1

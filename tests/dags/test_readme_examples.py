@@ -7,8 +7,11 @@ tested; nothing here restates the examples.
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import csv
 import datetime as dt
+import inspect
 import re
 
 import pytest
@@ -29,6 +32,20 @@ def readme_block(heading: str) -> str:
     return match.group(1) + "\n"
 
 
+def run_block(source: str, namespace: dict, name: str) -> None:
+    """
+    Run a README block statement by statement in ``namespace``, as a reader pastes it line by line.
+
+    A statement with a top-level ``await`` runs in an event loop of its own (as it would in Jupyter or async
+    code); the others run plainly, as in a script.
+    """
+    for statement in ast.parse(source, name).body:
+        code = compile(ast.Module([statement], []), name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        result = eval(code, namespace)  # the README's own code
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+
+
 @pytest.mark.xfail(strict=True, reason="needs the sandbox to know the Daraja documentation's 254722000000")
 def test_using_it_block_runs_against_the_sandbox(sb):
     """The "Using it" block: hook calls over real HTTP, then the operators, built inside a DAG."""
@@ -40,7 +57,7 @@ def test_using_it_block_runs_against_the_sandbox(sb):
     clear_token_cache()
     namespace: dict = {}
     with DAG("readme_using_it", schedule=None) as dag:
-        exec(compile(readme_block("## Using it"), "README.md: Using it", "exec"), namespace)
+        run_block(readme_block("## Using it"), namespace, "README.md: Using it")
     clear_token_cache()
 
     record, receipt, swap = namespace["record"], namespace["receipt"], namespace["swap"]

@@ -594,3 +594,24 @@ def test_spawn_honours_every_option_and_reports_tokens(http):
         rs.configure(m2m_password="changed")
         assert rs.credentials["m2m_password"] == "changed"
         assert '"password": "changed"' in rs.conn_env()["AIRFLOW_CONN_M2M_DEFAULT"]
+
+
+def test_reset_while_a_request_is_in_flight(sb, http):
+    """A slow request from before a reset leaves afterwards: the gauge stays true and the cleared log stays clear."""
+    sb.inject("slow", count=1, slow_seconds=0.5)
+    iccid = sb.fleet.iccids[3]
+    codes = []
+
+    def query() -> None:
+        codes.append(m2m(http, sb, "query_imei", f"<iccid>{iccid}</iccid>").status_code)
+
+    t = threading.Thread(target=query)
+    t.start()
+    deadline = time.monotonic() + 5
+    while sb.stats()["in_flight"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sb.reset()
+    assert sb.stats()["in_flight"] == 1  # still being served
+    t.join(5)
+    st = sb.stats()
+    assert codes == [200] and st["in_flight"] == 0 and st["requests"] == 0 and sb.received() == []
