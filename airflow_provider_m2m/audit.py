@@ -179,7 +179,7 @@ def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]
         its previous state: restore or delete the file, then rerun).
     """
     before = ""
-    line = 1
+    line = 0  # the header is line 1: a stream unreadable from the start fails there
     try:
         for line, row in enumerate(rows, start=2):  # noqa: B007 - ``line`` names the bad line in the except
             if tuple(row) != STATE_COLUMNS:

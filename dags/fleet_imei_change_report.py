@@ -113,7 +113,9 @@ with DAG(
         map_index_template="{{ task.output_uri.rsplit('/', 1)[-1] }}",
     ).expand_kwargs(batches)
 
-    @task(outlets=[REPORT_ASSET], trigger_rule="all_done")
+    # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
+    # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.
+    @task(outlets=[REPORT_ASSET], trigger_rule="all_done_min_one_success")
     def build_report(
         batches: list[dict], params=None, data_interval_start=None, data_interval_end=None, outlet_events=None
     ) -> dict:
