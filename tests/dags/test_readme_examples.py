@@ -46,7 +46,6 @@ def run_block(source: str, namespace: dict, name: str) -> None:
             asyncio.run(result)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the sandbox to know the Daraja documentation's 254722000000")
 def test_using_it_block_runs_against_the_sandbox(sb):
     """The "Using it" block: hook calls over real HTTP, then the operators, built inside a DAG."""
     from airflow.sdk import DAG
