@@ -115,7 +115,7 @@ class QueryImeiOperator(BaseOperator):
             numbers = iccid_rules.validate_many(self.iccids)
             window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             changed: list[str] = []
@@ -247,7 +247,7 @@ class SendSmsOperator(BaseOperator):
                     "sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)"
                 )
             fixed_uid = sms.validate_uid(self.sms_uid) if self.sms_uid not in (None, "") else None
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
         ti = context["ti"]
         ledger = SmsLedger(context, self.log)
         progress = Progress(self.log, "SMS sent", len(numbers))

@@ -57,6 +57,6 @@ def validate(value: object, *, check_luhn: bool = False, field: str = "iccid") -
     return number
 
 
-def validate_many(values: object, *, field: str = "iccids") -> list[str]:
-    """Validate one ICCID (a plain string, never split on commas) or a list of them; errors name the position."""
-    return validate_each(values, validate, field, "ICCID")
+def validate_many(values: object, *, field: str = "iccids", allow_empty: bool = False) -> list[str]:
+    """ICCIDs as :func:`~airflow_provider_m2m.protocol.values.validate_each` reads them; errors name the position."""
+    return validate_each(values, validate, field, "ICCID", allow_empty=allow_empty)

@@ -63,9 +63,9 @@ def validate(value: object, field: str = "msisdn") -> str:
     return f"{COUNTRY_CODE}{national}"
 
 
-def validate_many(values: object, field: str = "msisdns") -> list[str]:
-    """Validate one MSISDN (a plain string, never split on commas) or a list of them; errors name the position."""
-    return validate_each(values, validate, field, "MSISDN")
+def validate_many(values: object, field: str = "msisdns", *, allow_empty: bool = False) -> list[str]:
+    """MSISDNs as :func:`~airflow_provider_m2m.protocol.values.validate_each` reads them; errors name the position."""
+    return validate_each(values, validate, field, "MSISDN", allow_empty=allow_empty)
 
 
 def masked(msisdn: str) -> str:

@@ -46,7 +46,6 @@ def run_block(source: str, namespace: dict, name: str) -> None:
             asyncio.run(result)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the sandbox to know the Daraja documentation's 254722000000")
 def test_using_it_block_runs_against_the_sandbox(sb):
     """The "Using it" block: hook calls over real HTTP, then the operators, built inside a DAG."""
     from airflow.sdk import DAG
@@ -66,7 +65,11 @@ def test_using_it_block_runs_against_the_sandbox(sb):
         assert iccid in sb.fleet.by_iccid, "the README's ICCIDs exist in the sandbox fleet"
     assert (receipt.iccid, receipt.outcome) == ("8925401551663717897", "success")
     assert swap.msisdn == "254722000000" and swap.error is None
-    assert sb.stats()["by_command"] == {"query_imei": 3, "send_sms": 1, "oauth": 1, "checkATI": 1}
+    iccids = namespace["iccids"]
+    assert sorted(r.iccid for r in namespace["records"]) == sorted(iccids), "the awaited batch, one record per SIM"
+    assert all(r.error is None for r in namespace["records"])
+    # query_imei once, then the sync and the awaited batch over the same ICCIDs.
+    assert sb.stats()["by_command"] == {"query_imei": 1 + 2 * len(iccids), "send_sms": 1, "oauth": 1, "checkATI": 1}
     assert sb.stats()["sms_per_iccid"] == {"8925401551663717897": 1}
     kinds = {task_id: type(task).__name__ for task_id, task in dag.task_dict.items()}
     assert kinds == {"query": "MappedOperator", "notify": "SendSmsOperator", "screen": "CheckSimSwapOperator"}
