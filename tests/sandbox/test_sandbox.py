@@ -634,7 +634,7 @@ def test_timeline_answers_the_changes_recorded_by_the_platforms_now(http, front_
         assert served(late.at + timedelta(minutes=5)) == (
             before.current_imei,
             before.last_change.strftime("%d/%m/%Y %H:%M:%S"),
-            "",
+            before.previous_imei or "",
         )
         assert served(late.recorded) == (late.imei, late.at.strftime("%d/%m/%Y %H:%M:%S"), before.current_imei)
         assert sb._control("info")["now"] == late.recorded.isoformat()
