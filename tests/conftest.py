@@ -25,6 +25,8 @@ os.environ.update(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # The OpenLineage provider is part of the test install; only tests/dags/test_lineage.py turns it on.
+        "AIRFLOW__OPENLINEAGE__DISABLED": "True",
     }
 )
 (_HOME / "dags").mkdir()
@@ -93,14 +95,14 @@ def load_dag(folder: Path, source: str | Path, dag_id: str, name: str | None = N
     :param dag_id: the DAG to return.
     :param name: the file name (default: ``<dag_id>.py``).
     """
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_m2m.version_compat import dag_bag
 
     target = folder / (name or f"{dag_id}.py")
     if isinstance(source, Path):
         shutil.copy(source, target)
     else:
         target.write_text(source)
-    bag = DagBag(dag_folder=str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
+    bag = dag_bag(str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)
 

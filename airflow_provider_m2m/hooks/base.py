@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 import aiohttp
 import requests
 from airflow.sdk import BaseHook
-from airflow.sdk.log import amask_secret, mask_secret
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_m2m import transport
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.transport import Attempts, RateLimiter, Reply, RetryPolicy
+from airflow_provider_m2m.version_compat import amask_secret, mask_secret
 
 T = TypeVar("T")
 R = TypeVar("R")

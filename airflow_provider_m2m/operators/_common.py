@@ -7,10 +7,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
 from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
+from airflow_provider_m2m.version_compat import AirflowFailException
 
 
 @contextmanager

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.hooks.daraja import DarajaHook
+from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
 from airflow_provider_m2m.operators._common import as_int, as_workers, bad_input_fails_task
 from airflow_provider_m2m.protocol.msisdn import masked
+from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -103,3 +103,9 @@ class CheckSimSwapOperator(BaseOperator):
             shown = ", ".join(masked(number) for number in recent)
             raise AirflowFailException(f"SIM swapped within the last {days} days: {shown}")
         return rows
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: Daraja's IMSI check (``imsi/v1/checkATI``) in."""
+        from airflow_provider_m2m import lineage
+
+        return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, CHECK_PATH.lstrip("/"))])

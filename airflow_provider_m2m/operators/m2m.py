@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_m2m.exceptions import (
     AuthenticationError,
@@ -23,6 +22,7 @@ from airflow_provider_m2m.operators._common import Progress, as_workers, bad_inp
 from airflow_provider_m2m.operators._ledger import SmsLedger
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
+from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -142,6 +142,13 @@ class QueryImeiOperator(BaseOperator):
             if since is None or changed:
                 yield record
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the platform's ``query_imei`` in; the CSV at ``output_uri`` out, when there is one."""
+        from airflow_provider_m2m import lineage
+
+        outputs = [lineage.file_dataset(self.output_uri)] if self.output_uri else []
+        return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, "query_imei")], outputs)
+
 
 class SendSmsOperator(BaseOperator):
     """
@@ -239,6 +246,12 @@ class SendSmsOperator(BaseOperator):
                 "A retry resends only to these SIMs (checking the platform's SMS history first)."
             )
         return rows
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the messages go out to the platform's ``send_sms``."""
+        from airflow_provider_m2m import lineage
+
+        return lineage.operator_lineage(outputs=[lineage.platform_dataset(self.hook.base_url, "send_sms")])
 
     def _send_once(
         self, number: str, uid: str, text: str, coding: str, origin: str | None, state: str | None
