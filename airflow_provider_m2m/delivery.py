@@ -1,6 +1,6 @@
 """
 Waiting for SMS delivery: what :class:`~airflow_provider_m2m.sensors.m2m.SmsDeliverySensor` and
-:class:`~airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger` share, free of Airflow.
+:class:`~airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger` share, free of Airflow (the hook is handed in).
 
 Which messages are watched, what is known of each, which SIMs to ask about next within a request budget
 (least recently asked first, so every SIM gets its turn however small the budget), and the per-SIM report.
@@ -13,12 +13,22 @@ import ast
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.protocol.sim_insight import DELIVERED, FAILED, PENDING, UNKNOWN, SmsHistory
+from airflow_provider_m2m.transport import RetryPolicy
 
+if TYPE_CHECKING:
+    import logging
+
+    from airflow_provider_m2m.hooks.m2m import M2mHook
+
+#: Polling asks each SIM once per round and never retries within it: the next round asks again anyway,
+#: and a struggling platform gets a longer pause (the round's interval backs off) instead of more requests.
+POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
 #: Rows of SendSmsOperator's output worth watching: sent, or perhaps sent (the outcome was unknown).
 WATCHED_OUTCOMES = ("success", "unknown")
 #: The message is not among the SIM's last ``lastx`` messages (not registered yet, or never sent).
@@ -224,3 +234,17 @@ class DeliveryWatch:
     def known(self) -> list[dict[str, str | None]]:
         """The rows that carry anything learnt so far (for :class:`DeliveryWatch`'s ``known``)."""
         return [asdict(d) for d in self.deliveries.values() if d.state != UNCHECKED or d.error]
+
+
+async def poll_round(
+    hook: M2mHook, watch: DeliveryWatch, *, budget: int, lastx: int, max_workers: int, log: logging.Logger
+) -> int:
+    """
+    One round of polling, the same in a sensor's poke and in the trigger: ask about the SIMs ``watch`` says
+    are due (at most ``budget``), record the answers, log the tally. Returns how many queries failed.
+    """
+    asked, failed = await watch.poll(
+        lambda numbers: hook.aquery_sms_mt_details_many(numbers, lastx, max_workers), budget
+    )
+    log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
+    return failed

@@ -6,8 +6,9 @@ were swapped recently: a fresh SIM swap is the usual first step of account takeo
 the form (``07...``, ``+254...`` and ``254...`` forms are all accepted) and/or a CSV file with a ``msisdn``
 column. Each distinct number is checked once (a check costs money). ``on_recent_swap`` decides what a
 recent swap does: ``continue`` writes the report, ``skip`` skips everything downstream, ``fail`` fails the
-run listing the numbers (masked to their last 4 digits). The report lists the numbers swapped within
-``within_days`` days, plus the numbers whose check failed.
+run listing the numbers (masked to their last 4 digits). A number that could not be checked blocks the same way
+(the screen fails closed); under ``continue`` it is reported with ``swapped_recently`` empty. The report
+lists the numbers swapped within ``within_days`` days, plus the numbers whose check failed.
 """
 
 from __future__ import annotations

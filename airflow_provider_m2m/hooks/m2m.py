@@ -20,6 +20,7 @@ from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_insight, sms
+from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
 from airflow_provider_m2m.transport import Reply, RetryPolicy
 
@@ -94,9 +95,7 @@ class M2mHook(PlatformHook):
             if reply.status in (401, 403):
                 raise AuthenticationError(f"Connection {self.conn_id!r}: SIM Insight answered HTTP {reply.status}")
             if reply.status != 200:
-                raise ProtocolError(
-                    f"SIM Insight {command}: HTTP {reply.status}: {sim_insight.excerpt(reply.body, secrets)}"
-                )
+                raise ProtocolError(f"SIM Insight {command}: HTTP {reply.status}: {excerpt(reply.body, secrets)}")
             try:
                 if parse is not None:
                     return parse(reply.body, secrets)

@@ -11,8 +11,9 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
-from airflow_provider_m2m.operators._common import as_int, as_workers, bad_input_fails_task
+from airflow_provider_m2m.operators.arguments import as_int, as_workers
 from airflow_provider_m2m.protocol.msisdn import masked
+from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
@@ -30,8 +31,14 @@ class CheckSimSwapOperator(BaseOperator):
     Every number is validated first (``0722000000``, ``+254722000000`` and ``254722000000`` are the same
     number); an invalid one fails the task with :class:`AirflowFailException` and nothing is sent. Each
     distinct number is checked once (a check costs money). Returns one row per input number:
-    ``SimSwapRecord.as_dict()`` plus ``swapped_recently`` (the last swap is at most ``within_days`` days
-    before today, UTC). A number whose check failed has ``error`` set and ``swapped_recently`` false.
+    ``SimSwapRecord.as_dict()`` plus ``swapped_recently``: True when the last swap is at most ``within_days``
+    days before today (UTC), False when it is not, and None when the number could not be checked (Daraja
+    answered an error, or retries ran out): its ``error`` says why. None means "unknown", never "safe".
+
+    The screen fails closed: with ``skip`` or ``fail``, a number that could not be checked blocks the task
+    exactly as a recent swap does. This is folded into ``on_recent_swap`` rather than a separate switch on
+    purpose: a screen that guards a risky action has one question ("may we go ahead?"), and no setting of
+    it lets an unchecked number through except ``continue``, which blocks nothing and reports everything.
 
     .. code-block:: python
 
@@ -39,8 +46,10 @@ class CheckSimSwapOperator(BaseOperator):
 
     :param msisdns: one number (a plain string is one number, never split) or a list. Templated.
     :param within_days: the window in days, 1 to 90 (Daraja knows only the last 3 months). Templated.
-    :param on_recent_swap: what a recent swap does: ``continue`` (return the rows), ``skip`` (skip the
-        task) or ``fail`` (fail the task, listing the numbers masked to their last 4 digits). Templated.
+    :param on_recent_swap: what a recent swap or an unchecked number does: ``continue`` (return the rows,
+        ``swapped_recently`` None for an unchecked number), ``skip`` (skip the task, so its downstream does not
+        run) or ``fail`` (fail the task without retries, listing the numbers masked to their last 4 digits).
+        Templated.
     :param daraja_conn_id: the Daraja connection. Templated.
     :param max_workers: checks in flight at once (default 16).
     """
@@ -81,27 +90,28 @@ class CheckSimSwapOperator(BaseOperator):
                 records = self.hook.check_sim_swaps(self.msisdns, max_workers=workers)  # validates all first
                 today = pendulum.now("UTC").date()
                 rows: list[dict[str, Any]] = []
-                failed = 0
                 for record in records:
                     if record.error:
-                        failed += 1
-                        self.log.warning("Number %s: %s", masked(record.msisdn), record.error)
-                    rows.append({**record.as_dict(), "swapped_recently": record.swapped_within(days, today)})
+                        self.log.warning("Number %s could not be checked: %s", masked(record.msisdn), record.error)
+                    swapped = None if record.error else record.swapped_within(days, today)
+                    rows.append({**record.as_dict(), "swapped_recently": swapped})
             finally:
                 self.hook.close()
         recent = sorted({row["msisdn"] for row in rows if row["swapped_recently"]})
+        unchecked = sorted({row["msisdn"] for row in rows if row["swapped_recently"] is None})
         self.log.info(
-            "Checked %d numbers: %d swapped SIM within the last %d days, %d failed",
+            "Checked %d numbers: %d swapped SIM within the last %d days, %d not swapped, %d could not be checked",
             len(rows),
-            len(recent),
+            sum(row["swapped_recently"] is True for row in rows),
             days,
-            failed,
+            sum(row["swapped_recently"] is False for row in rows),
+            sum(row["swapped_recently"] is None for row in rows),
         )
-        if recent and mode == "skip":
-            raise AirflowSkipException(f"{len(recent)} number(s) swapped SIM within the last {days} days")
-        if recent and mode == "fail":
-            shown = ", ".join(masked(number) for number in recent)
-            raise AirflowFailException(f"SIM swapped within the last {days} days: {shown}")
+        if mode != "continue" and (recent or unchecked):
+            blocked = self._blocked(recent, unchecked, days)
+            if mode == "skip":
+                raise AirflowSkipException(blocked)
+            raise AirflowFailException(blocked)
         return rows
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -109,3 +119,13 @@ class CheckSimSwapOperator(BaseOperator):
         from airflow_provider_m2m import lineage
 
         return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, CHECK_PATH.lstrip("/"))])
+
+    @staticmethod
+    def _blocked(recent: list[str], unchecked: list[str], days: int) -> str:
+        """Why the screen blocks: the recent swaps and the numbers it could not check, masked."""
+        parts = []
+        if recent:
+            parts.append(f"SIM swapped within the last {days} days: {', '.join(masked(n) for n in recent)}")
+        if unchecked:
+            parts.append(f"could not be checked (blocked, not assumed safe): {', '.join(masked(n) for n in unchecked)}")
+        return "; ".join(parts)

@@ -18,10 +18,12 @@ from airflow_provider_m2m.exceptions import (
 )
 from airflow_provider_m2m.files import chunked, write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators._common import Progress, as_workers, bad_input_fails_task
-from airflow_provider_m2m.operators._ledger import SmsLedger
+from airflow_provider_m2m.operators.arguments import as_workers
+from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
+from airflow_provider_m2m.sms_ledger import SmsLedger
+from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import pendulum
 
 from airflow_provider_m2m.exceptions import DarajaApiError, ProtocolError
-from airflow_provider_m2m.protocol._text import excerpt
+from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.msisdn import masked
 
 #: Error codes that mean "the access token is not (or no longer) valid".

@@ -10,7 +10,7 @@ from __future__ import annotations
 from stdnum import luhn
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.protocol._text import as_text, shown, validate_each
+from airflow_provider_m2m.protocol.values import as_text, shown, validate_each
 
 MIN_LENGTH = 18
 MAX_LENGTH = 22

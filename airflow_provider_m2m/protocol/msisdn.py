@@ -15,7 +15,7 @@ import re
 import phonenumbers
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.protocol._text import as_text, shown, validate_each
+from airflow_provider_m2m.protocol.values import as_text, shown, validate_each
 
 COUNTRY_CODE = 254
 _NATIONAL = re.compile(r"[17][0-9]{8}")

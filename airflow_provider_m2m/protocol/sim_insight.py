@@ -19,7 +19,7 @@ from lxml import etree
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, ProtocolError
 from airflow_provider_m2m.protocol import imei
-from airflow_provider_m2m.protocol._text import excerpt
+from airflow_provider_m2m.protocol.excerpt import excerpt
 
 CONTENT_TYPE = "application/xml"
 # Descriptions that mean the account, not the request, is wrong: retrying or moving on cannot help.

@@ -16,7 +16,7 @@ import string
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol import gsm7
-from airflow_provider_m2m.protocol._text import as_text, shown
+from airflow_provider_m2m.protocol.values import as_text, shown
 
 DATA_CODINGS = ("default", "binary")
 MAX_BINARY_BYTES = 120

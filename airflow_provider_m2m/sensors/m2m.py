@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_m2m.delivery import FINAL_STATES, DeliveryWatch, messages_to_watch
+from airflow_provider_m2m.delivery import FINAL_STATES, POLL_RETRY_POLICY, DeliveryWatch, messages_to_watch, poll_round
 from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.operators._common import as_int, bad_input_fails_task
-from airflow_provider_m2m.triggers.m2m import POLL_RETRY_POLICY, SmsDeliveryTrigger, poll_round
+from airflow_provider_m2m.operators.arguments import as_int
+from airflow_provider_m2m.task_failures import bad_input_fails_task
+from airflow_provider_m2m.triggers.m2m import SmsDeliveryTrigger
 from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 
 if TYPE_CHECKING:

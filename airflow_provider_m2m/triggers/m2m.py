@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_m2m.delivery import DeliveryWatch
+from airflow_provider_m2m.delivery import POLL_RETRY_POLICY, DeliveryWatch, poll_round
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.transport import RetryPolicy
 
-#: Polling asks each SIM once per round and never retries within it: the next round asks again anyway,
-#: and a struggling platform gets a longer pause (the round's interval backs off) instead of more requests.
-POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
 #: The shortest pause between two rounds, whatever poke_interval says: never a busy loop against the platform.
 MIN_INTERVAL = 0.1
-
-
-async def poll_round(
-    hook: M2mHook, watch: DeliveryWatch, *, budget: int, lastx: int, max_workers: int, log: logging.Logger
-) -> int:
-    """
-    One round of polling, the same in a sensor's poke and in the trigger: ask about the SIMs ``watch`` says
-    are due (at most ``budget``), record the answers, log the tally. Returns how many queries failed.
-    """
-    asked, failed = await watch.poll(
-        lambda numbers: hook.aquery_sms_mt_details_many(numbers, lastx, max_workers), budget
-    )
-    log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
-    return failed
 
 
 class SmsDeliveryTrigger(BaseTrigger):

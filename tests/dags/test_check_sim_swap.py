@@ -121,7 +121,99 @@ def test_modes_templating_and_mapping(run):
     masked = "*******" + recent[-4:]
     assert f"SIM swapped within the last 30 days: {masked}" in output
     assert f"SIM swapped within the last 30 days: {recent}" not in output
-    assert "1 number(s) swapped SIM within the last 30 days" in output
+    assert output.count(f"SIM swapped within the last 30 days: {masked}") >= 2  # fail and skip
     assert "msisdns[1]: must be a Kenyan mobile number" in output
     assert "within_days: must be an integer from 1 to 90 (got 91)" in output
     assert DARAJA_SECRET not in output
+
+
+# ---------------------------------------------------------------- fail closed (issue 20, point 1)
+SCREEN_DAG = """
+import json
+import datetime as dt
+import pendulum
+from airflow.sdk import DAG, task
+from airflow_provider_m2m.operators.daraja import CheckSimSwapOperator
+
+with DAG("screen_then_payout", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    for mode in ("fail", "skip", "continue"):
+        screen = CheckSimSwapOperator(
+            task_id=f"screen_{{mode}}",
+            msisdns=[{good!r}, {unknown!r}],
+            within_days=30,
+            on_recent_swap=mode,
+            retries=2,
+            retry_delay=dt.timedelta(0),
+        )
+
+        @task(task_id=f"payout_{{mode}}")
+        def payout(rows, mode=mode):
+            with open({out!r} + mode, "w") as f:
+                json.dump(rows, f)
+
+        payout(screen.output)
+
+    CheckSimSwapOperator(
+        task_id="bad_secret",
+        msisdns={good!r},
+        on_recent_swap="fail",
+        daraja_conn_id="daraja_wrong_secret",
+        retries=2,
+        retry_delay=dt.timedelta(0),
+    )
+"""
+
+
+@pytest.fixture
+def screened(sb, dags_folder, tmp_path, capsys, monkeypatch):
+    clear_token_cache()
+    good = sb.fleet.swap_edge_cases["no_swap"]
+    unknown = next(f"2547{n:08d}" for n in range(10**8) if f"2547{n:08d}" not in sb.fleet.swaps)
+    wrong = json.loads(sb.conn_env()["AIRFLOW_CONN_DARAJA_DEFAULT"]) | {"password": "not-the-secret"}
+    monkeypatch.setenv("AIRFLOW_CONN_DARAJA_WRONG_SECRET", json.dumps(wrong))
+    out = tmp_path / "payout-"
+    dag = load_dag(dags_folder, SCREEN_DAG.format(good=good, unknown=unknown, out=str(out)), "screen_then_payout")
+    dag_run = dag.test()
+    captured = capsys.readouterr()
+    yield {
+        "tis": {ti.task_id: ti for ti in dag_run.get_task_instances()},
+        "output": captured.out + captured.err,
+        "good": good,
+        "unknown": unknown,
+        "out": out,
+    }
+    clear_token_cache()
+
+
+def test_a_number_that_could_not_be_checked_blocks_the_payout(screened):
+    """Daraja answers 404 for one number: fail and skip stop the payout; continue reports it as unknown."""
+    tis, output, unknown = screened["tis"], screened["output"], screened["unknown"]
+    states = {task_id: ti.state for task_id, ti in tis.items()}
+    assert states == {
+        "screen_fail": "failed",
+        "payout_fail": "upstream_failed",
+        "screen_skip": "skipped",
+        "payout_skip": "skipped",
+        "screen_continue": "success",
+        "payout_continue": "success",
+        "bad_secret": "failed",
+    }
+    assert tis["screen_fail"].try_number == 1, "a blocked screen is final, not retried"
+    assert not (screened["out"].parent / "payout-fail").exists()
+    assert not (screened["out"].parent / "payout-skip").exists()
+
+    rows = json.loads((screened["out"].parent / "payout-continue").read_text())
+    by_number = {row["msisdn"]: row for row in rows}
+    assert by_number[screened["good"]]["swapped_recently"] is False
+    assert by_number[screened["good"]]["error"] is None
+    assert by_number[unknown]["swapped_recently"] is None, "an unchecked number is neither swapped nor safe"
+    assert "404.001.01" in by_number[unknown]["error"]
+
+    masked = "*******" + unknown[-4:]
+    assert f"could not be checked (blocked, not assumed safe): {masked}" in output
+    assert "Checked 2 numbers: 0 swapped SIM within the last 30 days, 1 not swapped, 1 could not be checked" in output
+    assert unknown not in output, "numbers are masked in logs"
+
+    # Refused credentials stay a failure without retries, naming the connection.
+    assert tis["bad_secret"].try_number == 1
+    assert "Connection 'daraja_wrong_secret': Daraja refused the consumer key/secret" in output

@@ -11,6 +11,7 @@ from lxml import etree
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, ProtocolError
 from airflow_provider_m2m.protocol import sim_insight
+from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsReceipt
 
 PASSWORD = "pw-Zq8#LEAKCHECK-unit"
@@ -140,7 +141,7 @@ def test_unreadable_answers_are_protocol_errors(body, match):
 
 
 def test_excerpt_is_short_and_single_line():
-    text = sim_insight.excerpt(b"a\n\n  b" + b"x" * 1000)
+    text = excerpt(b"a\n\n  b" + b"x" * 1000)
     assert text.startswith("'a b")
     assert text.endswith("...'")
     assert len(text) < 130

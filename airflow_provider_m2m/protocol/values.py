@@ -1,8 +1,8 @@
-"""Small helpers shared by the validators: coerce a templated value to text, show it safely."""
+"""What every identifier validator shares: a templated value as text, a list of values, an offending value shown."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 
@@ -18,16 +18,6 @@ def shown(value: str, limit: int = 40) -> str:
     """A short, printable rendering of an offending value for error messages."""
     text = value if len(value) <= limit else value[:limit] + "..."
     return repr(text)
-
-
-def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 120) -> str:
-    """A short, single-line excerpt of a response body for error messages, with ``secrets`` blanked."""
-    text = body[: limit * 4].decode("utf-8", "replace")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def validate_each(values: object, validate: Callable[..., str], field: str, noun: str) -> list[str]:
