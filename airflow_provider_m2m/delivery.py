@@ -9,8 +9,6 @@ Everything here is JSON-safe so it can travel in a trigger's kwargs and events.
 
 from __future__ import annotations
 
-import ast
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
@@ -18,7 +16,9 @@ from typing import TYPE_CHECKING
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
-from airflow_provider_m2m.protocol.sim_insight import DELIVERED, FAILED, PENDING, UNKNOWN, SmsHistory
+from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES, NOT_FOUND, STATES, UNCHECKED
+from airflow_provider_m2m.protocol.sim_insight import SmsHistory
+from airflow_provider_m2m.protocol.values import read_literal
 from airflow_provider_m2m.transport import RetryPolicy
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
 POLL_RETRY_POLICY = RetryPolicy(max_attempts=1)
 #: Rows of SendSmsOperator's output worth watching: sent, or perhaps sent (the outcome was unknown).
 WATCHED_OUTCOMES = ("success", "unknown")
-#: The message is not among the SIM's last ``lastx`` messages (not registered yet, or never sent).
-NOT_FOUND = "not_found"
-#: No answer about the message yet (not asked yet, or every query so far failed).
-UNCHECKED = "unchecked"
-#: States that end the wait for a message.
-FINAL_STATES = (DELIVERED, FAILED)
-#: Every state a report row can carry, in the order tallies are shown.
-STATES = (DELIVERED, FAILED, PENDING, UNKNOWN, NOT_FOUND, UNCHECKED)
 
 
 @dataclass
@@ -127,12 +119,8 @@ def _literal(text: str) -> object:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        return read_literal(text)  # what Jinja makes of a list of dicts with None in it
     except ValueError:
-        pass
-    try:
-        return ast.literal_eval(text)  # what Jinja makes of a list of dicts with None in it
-    except (ValueError, SyntaxError):
         raise InvalidRequestError("messages", "text must be a JSON or Python list of rows") from None
 
 
@@ -243,8 +231,6 @@ async def poll_round(
     One round of polling, the same in a sensor's poke and in the trigger: ask about the SIMs ``watch`` says
     are due (at most ``budget``), record the answers, log the tally. Returns how many queries failed.
     """
-    asked, failed = await watch.poll(
-        lambda numbers: hook.aquery_sms_mt_details_many(numbers, lastx, max_workers), budget
-    )
+    asked, failed = await watch.poll(lambda numbers: hook.aquery_sms_histories(numbers, lastx, max_workers), budget)
     log.info("%s; asked about %d SIMs, %d queries failed", watch.summary(), asked, failed)
     return failed

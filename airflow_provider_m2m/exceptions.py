@@ -69,11 +69,14 @@ class M2mApiError(M2mProviderError):
 
     :param command: the command that failed (``query_imei``, ``send_sms``, ...).
     :param description: the platform's error description, e.g. ``invalid iccid``.
+    :param status: the HTTP status of the answer: 200 for an ``api_outcome`` failure, a 4xx when the
+        platform refused the request outright (its final word: never retried).
     """
 
-    def __init__(self, command: str, description: str) -> None:
+    def __init__(self, command: str, description: str, status: int = 200) -> None:
         self.command = command
         self.description = description
+        self.status = status
         super().__init__(f"SIM Insight {command} failed: {description}")
 
 

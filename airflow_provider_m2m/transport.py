@@ -9,9 +9,8 @@ HTTP plumbing shared by both hooks; no Airflow imports.
 * :func:`send_sync` (requests, for single calls) and :func:`send_async` (aiohttp, for batches: about a third
   of the client CPU per call of requests from threads), both returning a :class:`Reply` or raising
   :class:`SendError` that says whether the request may have reached the server.
-* :func:`map_concurrently`: run a coroutine per item with bounded concurrency and yield results as they
-  complete, driving the event loop on the caller's thread (no worker threads: Airflow's in-process
-  supervisor channel is not thread-safe) with bounded buffering, so memory stays flat.
+
+Running a batch of such calls concurrently is :mod:`airflow_provider_m2m.batches`.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,10 +36,12 @@ from airflow_provider_m2m.exceptions import OutcomeUnknownError, ProtocolError, 
 T = TypeVar("T")
 R = TypeVar("R")
 
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 # A request that must not run twice is retried only on answers that prove it was not carried out:
-# 429 and 503 are refusals; 502 and 504 come from a gateway whose upstream may have acted.
-REFUSED_STATUSES = frozenset({429, 503})
+# 408, 429 and 503 are refusals; 502 and 504 come from a gateway whose upstream may have acted.
+REFUSED_STATUSES = frozenset({408, 429, 503})
+# Any other 4xx is the platform's final word on the request, whatever its body says (or fails to say):
+# the hooks turn it into the platform's error, never into an unreadable answer worth another attempt.
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -65,17 +66,28 @@ class BodyTooLargeError(ProtocolError):
         super().__init__(f"response body is larger than {MAX_BODY_BYTES} bytes; refused")
 
 
+class RetryableStatus(Exception):
+    """A transient HTTP status (429, 502, 503, 504, 408): raised by :meth:`Attempts.result` to retry."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(f"HTTP {reply.status}")
+
+
 class SendError(Exception):
     """
     A request got no HTTP answer.
 
     :param reason: what happened, e.g. ``connection refused`` or ``read timed out``.
     :param reached_server: False only when the request certainly never left (connect failed).
+    :param retryable: False when another attempt would fail the same way (a failed TLS handshake: the
+        wrong scheme or a certificate the client does not trust); raised at once, never retried.
     """
 
-    def __init__(self, reason: str, *, reached_server: bool) -> None:
+    def __init__(self, reason: str, *, reached_server: bool, retryable: bool = True) -> None:
         self.reason = reason
         self.reached_server = reached_server
+        self.retryable = retryable
         super().__init__(reason)
 
 
@@ -123,7 +135,9 @@ class Attempts:
     :param what: a secret-free description of the call for logs and errors, e.g. ``query_imei 8925...``.
     :param log: where retries are logged (INFO, with the reason).
     :param idempotent: False for requests that must not run twice (an SMS).
-    :param limiter: paused for ``Retry-After`` on a 429, so the task's other calls wait too.
+    :param limiter: the task-wide rate limit, honoured before each attempt and paused for ``Retry-After``
+        on a 429 so the task's other calls wait too; None for no limit.
+    :param where: appended to the reason of a network failure (no HTTP answer): where it happened.
     """
 
     def __init__(
@@ -134,32 +148,54 @@ class Attempts:
         *,
         idempotent: bool = True,
         limiter: RateLimiter | None = None,
+        where: str = "",
     ) -> None:
         self.policy = policy
         self.what = what
         self.log = log
         self.idempotent = idempotent
         self.limiter = limiter
+        self.where = where
         self.started = time.monotonic()
         self.count = 1
+
+    def wait_before(self) -> float:
+        """Seconds to wait before sending the next attempt (the rate limit's share)."""
+        return self.limiter.reserve() if self.limiter is not None else 0.0
 
     def is_final(self, reply: Reply) -> bool:
         """True when ``reply`` is the call's answer (not a transient status to retry)."""
         return reply.status not in RETRYABLE_STATUSES
 
-    def wait_after(self, failure: Reply | SendError | ProtocolError) -> float:
+    def result(self, reply: Reply, interpret: Callable[[Reply], R]) -> R:
+        """
+        The call's result from ``reply``, through ``interpret``.
+
+        :raises RetryableStatus: ``reply`` is a transient status, worth another attempt.
+        :raises ProtocolError: ``interpret`` could not understand the answer (also worth another attempt).
+        """
+        if not self.is_final(reply):
+            raise RetryableStatus(reply)
+        return interpret(reply)
+
+    def wait_after(self, failure: Reply | RetryableStatus | SendError | ProtocolError) -> float:
         """
         Seconds to wait before the next attempt after ``failure``.
 
         :raises OutcomeUnknownError: a non-idempotent request may have been carried out.
         :raises TransientError: the budget is spent.
+        :raises SendError, BodyTooLargeError: ``failure`` itself, when no attempt could fix it.
         """
         retry_after = None
+        if isinstance(failure, BodyTooLargeError) or (isinstance(failure, SendError) and not failure.retryable):
+            raise failure
+        if isinstance(failure, RetryableStatus):
+            failure = failure.reply
         if isinstance(failure, Reply):
             reason, retry_after = f"HTTP {failure.status}", failure.retry_after
             maybe_done = failure.status not in REFUSED_STATUSES
         elif isinstance(failure, SendError):
-            reason, maybe_done = failure.reason, failure.reached_server
+            reason, maybe_done = f"{failure.reason}{self.where}", failure.reached_server
         else:  # an answer came but could not be understood: the request did arrive
             reason, maybe_done = str(failure), True
         if maybe_done and not self.idempotent:
@@ -187,16 +223,15 @@ class RateLimiter:
     """
     A token bucket shared by every call of a task (thread-safe); rate None or 0 means no limit.
 
+    Requests are evenly spaced, never sent in a burst: a burst spends the platform's own burst allowance,
+    leaving none for network jitter to bunch requests up on arrival, and every 429 then pauses the whole
+    task for its ``Retry-After``; even spacing costs nothing in sustained throughput.
+
     :param rate: requests per second.
-    :param burst: how many requests may go at once after a quiet spell (default 1: evenly spaced). A
-        burst spends the platform's own burst allowance, leaving none for network jitter to bunch
-        requests up on arrival, and every 429 then pauses the whole task for its ``Retry-After``;
-        even spacing costs nothing in sustained throughput.
     """
 
-    def __init__(self, rate: float | None, burst: float | None = None) -> None:
+    def __init__(self, rate: float | None) -> None:
         self.rate = rate or 0.0
-        self.burst = max(1.0, burst) if burst is not None else 1.0
         self._lock = threading.Lock()
         self._next_free = time.monotonic()  # when the bucket is next empty enough ("virtual time")
         self._paused_until = 0.0
@@ -208,9 +243,9 @@ class RateLimiter:
             start = max(now, self._paused_until)
             if not self.rate:
                 return start - now
-            # Generic cell rate algorithm: each request moves the "theoretical arrival time" by 1/rate.
-            earliest = max(start, self._next_free - (self.burst - 1) / self.rate)
-            self._next_free = max(self._next_free, start) + 1 / self.rate
+            # Each request moves the "theoretical arrival time" by 1/rate; it may go at that time.
+            earliest = max(start, self._next_free)
+            self._next_free = earliest + 1 / self.rate
             return earliest - now
 
     def pause(self, seconds: float) -> None:
@@ -240,19 +275,43 @@ def _arriving(raw: urllib3.response.BaseHTTPResponse, size: int = 65536) -> Iter
         yield chunk
 
 
-def _never_left(exc: BaseException) -> bool:
-    """True when a requests/urllib3 error shows the connection was never made."""
+def _in_chain(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first error in ``exc``'s chain (``reason``, ``args[0]``, cause, context) that is ``wanted``."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
-            return True
+        if wanted(seen):
+            return seen
         reason = getattr(seen, "reason", None)
         if isinstance(reason, BaseException) and reason is not seen:
             seen = reason
             continue
         args = getattr(seen, "args", ())
         seen = args[0] if args and isinstance(args[0], BaseException) else seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _never_left(exc: BaseException) -> bool:
+    """True when a requests/urllib3 error shows the connection was never made."""
+    never = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return _in_chain(exc, lambda e: isinstance(e, never)) is not None
+
+
+# What OpenSSL says when the far end does not speak TLS at all (a plain-HTTP port) or its certificate is
+# refused: both can only happen in the handshake, before a byte of the request is sent.
+_HANDSHAKE_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"}
+)
+
+
+def _is_handshake_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ssl.SSLCertVerificationError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason in _HANDSHAKE_REASONS
+    )
+
+
+def _handshake_error(error: BaseException) -> SendError:
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
+    return SendError(f"TLS handshake failed ({reason})", reached_server=False, retryable=False)
 
 
 def send_sync(session: requests.Session, method: str, url: str, *, timeout: float, **kwargs: object) -> Reply:
@@ -272,6 +331,11 @@ def send_sync(session: requests.Session, method: str, url: str, *, timeout: floa
         raise SendError("read timed out", reached_server=True) from None
     except urllib3.exceptions.DecodeError:
         raise ProtocolError("the response body could not be decoded (Content-Encoding)") from None
+    except requests.exceptions.SSLError as exc:  # raised before the response: the handshake, or the send
+        handshake = _in_chain(exc, _is_handshake_failure)
+        if handshake is not None:
+            raise _handshake_error(handshake) from None
+        raise SendError("connection dropped before the answer", reached_server=True) from None
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:  # the body broke off
         raise SendError("connection dropped before the answer", reached_server=True) from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -292,6 +356,8 @@ async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kw
                 if len(body) > MAX_BODY_BYTES:
                     raise BodyTooLargeError
             return Reply(resp.status, resp.headers, bytes(body))
+    except (aiohttp.ClientConnectorSSLError, aiohttp.ClientConnectorCertificateError) as exc:  # connect phase
+        raise _handshake_error(getattr(exc, "certificate_error", None) or exc.os_error) from None
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
         raise SendError("connection failed", reached_server=False) from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -300,138 +366,32 @@ async def send_async(session: aiohttp.ClientSession, method: str, url: str, **kw
         raise SendError("connection dropped before the answer", reached_server=True) from None
 
 
-def call_sync(
-    attempts: Attempts, send: Callable[[], Reply], interpret: Callable[[Reply], R], limiter: RateLimiter
-) -> R:
+#: What an attempt can raise that :meth:`Attempts.wait_after` decides about.
+_FAILED_ATTEMPT = (RetryableStatus, SendError, ProtocolError)
+
+
+def call_sync(attempts: Attempts, send: Callable[[], Reply], interpret: Callable[[Reply], R]) -> R:
     """
     Send until ``interpret`` accepts a final reply, sleeping as ``attempts`` decides.
 
     ``interpret`` turns the reply into the caller's result; its :class:`ProtocolError` (an answer that
-    cannot be understood) counts as a transient failure. ``limiter`` is honoured before each send.
+    cannot be understood) counts as a transient failure. The rate limit is honoured before each send.
     """
     while True:
-        time.sleep(max(0.0, limiter.reserve()))
+        time.sleep(max(0.0, attempts.wait_before()))
         try:
-            reply = send()
-            if attempts.is_final(reply):
-                return interpret(reply)
-            failure: Reply | SendError | ProtocolError = reply
-        except BodyTooLargeError:
-            raise
-        except (SendError, ProtocolError) as exc:
-            failure = exc
-        time.sleep(attempts.wait_after(failure))
+            return attempts.result(send(), interpret)
+        except _FAILED_ATTEMPT as failure:
+            time.sleep(attempts.wait_after(failure))
 
 
-async def call_async(
-    attempts: Attempts, send: Callable[[], Awaitable[Reply]], interpret: Callable[[Reply], R], limiter: RateLimiter
-) -> R:
-    """The asyncio twin of :func:`call_sync`."""
+async def call_async(attempts: Attempts, send: Callable[[], Awaitable[Reply]], interpret: Callable[[Reply], R]) -> R:
+    """The asyncio twin of :func:`call_sync`: the same decisions, awaiting instead of sleeping."""
     while True:
-        wait = limiter.reserve()
+        wait = attempts.wait_before()
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            reply = await send()
-            if attempts.is_final(reply):
-                return interpret(reply)
-            failure: Reply | SendError | ProtocolError = reply
-        except BodyTooLargeError:
-            raise
-        except (SendError, ProtocolError) as exc:
-            failure = exc
-        await asyncio.sleep(attempts.wait_after(failure))
-
-
-_DONE = object()
-
-
-async def _pool(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    client: aiohttp.ClientSession,
-    emit: Callable[[R], Awaitable[None]],
-    max_workers: int,
-) -> None:
-    """Run ``work`` over ``items`` in ``max_workers`` tasks pulling from one iterator; ``emit`` each result."""
-    pending = iter(items)
-
-    async def worker() -> None:
-        for item in pending:  # shared iterator: safe, everything runs on one thread
-            await emit(await work(client, item))
-
-    async with asyncio.TaskGroup() as group:
-        for _ in range(max_workers):
-            group.create_task(worker())
-
-
-async def gather_concurrently(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    *,
-    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
-    max_workers: int,
-) -> list[R]:
-    """
-    The coroutine twin of :func:`map_concurrently` for code already inside an event loop (a trigger):
-    all the results, in completion order. An exception from ``work`` is raised here.
-    """
-    results: list[R] = []
-
-    async def keep(result: R) -> None:
-        results.append(result)
-
-    try:
-        async with session() as client:
-            await _pool(items, work, client, keep, max_workers)
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    return results
-
-
-def map_concurrently(
-    items: Iterable[T],
-    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-    *,
-    session: Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]],
-    max_workers: int,
-) -> Iterator[R]:
-    """
-    Yield ``await work(session, item)`` for every item, at most ``max_workers`` at a time, as they complete.
-
-    The event loop runs on the caller's thread while it waits for the next result, so no code runs in
-    other threads. Items are pulled lazily and results are buffered at most ``2 * max_workers`` deep:
-    memory does not grow with the number of items. An exception from ``work`` stops the batch and is
-    raised here; closing the iterator early cancels what is in flight.
-    """
-    loop = asyncio.new_event_loop()
-    results: asyncio.Queue = asyncio.Queue(maxsize=2 * max_workers)
-
-    async def run_all() -> None:
-        try:
-            async with session() as client:
-                await _pool(items, work, client, results.put, max_workers)
-        finally:
-            await results.put(_DONE)
-
-    runner = loop.create_task(run_all())
-    try:
-        finished = False
-        while not finished:
-            ready = [loop.run_until_complete(results.get())]
-            while not results.empty():  # take what else is ready without another turn of the loop
-                ready.append(results.get_nowait())
-            if ready[-1] is _DONE:
-                finished = True
-                ready.pop()
-            yield from ready
-        try:
-            loop.run_until_complete(runner)
-        except BaseExceptionGroup as group:  # the first error from work(), as the caller expects
-            raise group.exceptions[0] from None
-    finally:
-        if not runner.done():
-            runner.cancel()
-            loop.run_until_complete(asyncio.gather(runner, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+            return attempts.result(await send(), interpret)
+        except _FAILED_ATTEMPT as failure:
+            await asyncio.sleep(attempts.wait_after(failure))

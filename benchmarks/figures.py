@@ -24,13 +24,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 from airflow_provider_m2m.sandbox import Sandbox
+from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airflow_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sandbox_throughput import hammer
@@ -137,16 +137,11 @@ def executor(args: argparse.Namespace) -> dict:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         # Airflow reads its configuration at import: set the environment, then re-run in a fresh process.
-        home = Path(tempfile.mkdtemp(prefix="m2m-bench-home-"))
-        (home / "dags").mkdir()
+        home = new_airflow_home("m2m-bench-home-")
         env = {
             **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **airflow_home_env(home),
             "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             # Airflow 3 task processes report to the Execution API: a real executor needs an API server,
             # which must sign and check the same JWTs as the executor.

@@ -18,9 +18,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airflow_home
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,15 +34,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="m2m-fleet-bench-"))
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024",
-        }
-    )
+    home = new_airflow_home("m2m-fleet-bench-")
+    os.environ.update({**airflow_home_env(home, dags_folder=ROOT / "dags"), "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024"})
     from airflow.utils import db
 
     db.initdb()

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env
+
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "fleet_imei_change_report"
 POOL, POOL_SLOTS = "m2m_platform", 4
@@ -26,14 +28,7 @@ POOL, POOL_SLOTS = "m2m_platform", 4
 def main() -> int:
     home = Path(os.environ.get("M2M_DEMO_HOME", ROOT / ".airflow")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        }
-    )
+    os.environ.update(airflow_home_env(home, dags_folder=ROOT / "dags"))
     started = time.monotonic()
     print(f"[demo] Airflow home: {home}", flush=True)
 

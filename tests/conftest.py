@@ -10,26 +10,22 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airflow_home
+
 ROOT = Path(__file__).resolve().parent.parent
-_HOME = Path(tempfile.mkdtemp(prefix="m2m-airflow-home-"))
+_HOME = new_airflow_home()
 os.environ.update(
     {
-        "AIRFLOW_HOME": str(_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(_HOME / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
+        **airflow_home_env(_HOME),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # The OpenLineage provider is part of the test install; only tests/dags/test_lineage.py turns it on.
         "AIRFLOW__OPENLINEAGE__DISABLED": "True",
     }
 )
-(_HOME / "dags").mkdir()
 
 # The fleet's "last day" ends at today's midnight (UTC), so "swapped N days ago" stays true whatever the
 # date; tests take the expected changes from the sandbox fleet, never from hard-coded times.
@@ -125,7 +121,7 @@ def _issued_tokens(request) -> list[str]:
     if "sandbox" not in request.fixturenames:
         return []
     sandbox = request.getfixturevalue("sandbox")
-    tokens = sandbox.issued_tokens() if hasattr(sandbox, "issued_tokens") else []
+    tokens = sandbox.issued_tokens()
     _ISSUED_TOKENS.update(tokens)
     return tokens
 

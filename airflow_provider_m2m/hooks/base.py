@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_m2m import transport
-from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m import batches, transport
+from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError, M2mProviderError
 from airflow_provider_m2m.transport import Attempts, RateLimiter, Reply, RetryPolicy
 from airflow_provider_m2m.version_compat import amask_secret, mask_secret
 
@@ -33,27 +35,69 @@ class PlatformHook(BaseHook):
     :class:`requests.Session` for single calls plus an aiohttp session per batch. Unlike HttpHook, no
     connection extra ever becomes an HTTP header.
 
-    :param conn_id: the Airflow connection id.
+    A subclass stores its connection id under the attribute named by ``conn_name_attr`` (Airflow's own
+    convention: ``m2m_conn_id``, ``daraja_conn_id``), the one place the id lives.
+
     :param retry_policy: how transient failures are retried (defaults to :class:`RetryPolicy`).
     """
 
-    def __init__(self, conn_id: str, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__()
-        self.conn_id = conn_id
-        self.retry_policy = retry_policy or RetryPolicy()
+    #: Connection extras the platform cannot work without: ``{extra: rule}``, checked by :meth:`fetch_connection`.
+    required_extras: dict[str, str] = {}
 
-    @cached_property
+    def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
+        super().__init__()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.scheme_assumed = False  # set by base_url
+        self._places: dict[str, str] = {}  # url -> how _where shows it
+        self._connection: Any = None  # set by fetch_connection
+
+    @property
+    def conn_id(self) -> str:
+        """The connection id, read from the attribute ``conn_name_attr`` names."""
+        return getattr(self, self.conn_name_attr)
+
+    @property
     def connection(self) -> Any:
-        """The Airflow connection; its password is masked in logs from here on."""
-        conn = self.get_connection(self.conn_id)
-        if conn.password:
-            mask_secret(conn.password)
+        """The Airflow connection (fetched on first use, see :meth:`fetch_connection`)."""
+        return self.fetch_connection()
+
+    def fetch_connection(self) -> Any:
+        """
+        Fetch the connection on this thread, register its password with the secret masker, and check the
+        extras the platform requires, once. Call it before a batch's event loop starts (the masker is not
+        to be called from inside it) and before anything is sent (a missing extra is bad input).
+
+        :raises InvalidRequestError: a required extra is missing.
+        """
+        if self._connection is None:
+            conn = self.get_connection(self.conn_id)
+            if conn.password:
+                mask_secret(conn.password)
+            self._connection = self._checked(conn)
+        return self._connection
+
+    async def afetch_connection(self) -> Any:
+        """:meth:`fetch_connection` without blocking the event loop (in a trigger); masked the same way."""
+        if self._connection is None:
+            conn = await self.aget_connection(self.conn_id)
+            if conn.password:
+                await amask_secret(conn.password)
+            self._connection = self._checked(conn)
+        return self._connection
+
+    def _checked(self, conn: Any) -> Any:
+        for name, rule in self.required_extras.items():
+            if self._extra_of(conn, name) in (None, ""):
+                raise InvalidRequestError(f"connection {self.conn_id!r} extra {name!r}", rule)
         return conn
+
+    def _extra_of(self, conn: Any, name: str) -> Any:
+        extras = conn.extra_dejson
+        return extras.get(name, extras.get(f"extra__{self.conn_type}__{name}"))
 
     def extra(self, name: str, default: Any = None) -> Any:
         """An extra field, plain (``timeout``) or as the UI may store it (``extra__<type>__timeout``)."""
-        extras = self.connection.extra_dejson
-        value = extras.get(name, extras.get(f"extra__{self.conn_type}__{name}"))
+        value = self._extra_of(self.connection, name)
         return default if value in (None, "") else value
 
     def _number_extra(self, name: str, default: float | None) -> float | None:
@@ -72,6 +116,7 @@ class PlatformHook(BaseHook):
         if not host:
             raise InvalidRequestError(f"connection {self.conn_id!r} host", "must be the platform's base URL")
         if "://" not in host:
+            self.scheme_assumed = True
             host = f"https://{host}"
         if self.connection.port:
             host = f"{host}:{self.connection.port}"
@@ -113,9 +158,11 @@ class PlatformHook(BaseHook):
             self.session.close()
             del self.__dict__["session"]
 
-    def attempts(self, what: str, *, idempotent: bool = True) -> Attempts:
-        """Retry bookkeeping for one logical call."""
-        return Attempts(self.retry_policy, what, self.log, idempotent=idempotent, limiter=self.limiter)
+    def attempts(self, what: str, url: str, *, idempotent: bool = True) -> Attempts:
+        """Retry bookkeeping for one logical call to ``url``, under the task-wide rate limit."""
+        return Attempts(
+            self.retry_policy, what, self.log, idempotent=idempotent, limiter=self.limiter, where=self._where(url)
+        )
 
     def request(
         self,
@@ -137,12 +184,14 @@ class PlatformHook(BaseHook):
         :param idempotent: False for a request that must never run twice (an SMS).
         :param kwargs: passed to :meth:`requests.Session.request` (``data``, ``headers``, ...).
         """
-        return transport.call_sync(
-            self.attempts(what, idempotent=idempotent),
-            lambda: transport.send_sync(self.session, method, url, timeout=self.timeout, **kwargs),
-            interpret,
-            self.limiter,
-        )
+        try:
+            return transport.call_sync(
+                self.attempts(what, url, idempotent=idempotent),
+                lambda: transport.send_sync(self.session, method, url, timeout=self.timeout, **kwargs),
+                interpret,
+            )
+        except transport.SendError as exc:
+            raise self._wrong_connection(exc, url) from None
 
     async def arequest(
         self,
@@ -155,12 +204,49 @@ class PlatformHook(BaseHook):
         **kwargs: Any,
     ) -> R:
         """The concurrent twin of :meth:`request` (idempotent calls only), over a batch's aiohttp session."""
-        return await transport.call_async(
-            self.attempts(what),
-            lambda: transport.send_async(client, method, url, **kwargs),
-            interpret,
-            self.limiter,
-        )
+        try:
+            return await transport.call_async(
+                self.attempts(what, url),
+                lambda: transport.send_async(client, method, url, **kwargs),
+                interpret,
+            )
+        except transport.SendError as exc:
+            raise self._wrong_connection(exc, url) from None
+
+    def _wrong_connection(self, exc: transport.SendError, url: str) -> InvalidRequestError:
+        # Only a network failure no attempt can fix escapes the retries: a failed TLS handshake (the wrong
+        # scheme, a refused certificate). That is a wrong connection, not bad luck: it fails as bad input.
+        return InvalidRequestError(f"connection {self.conn_id!r} host", f"{exc.reason}{self._where(url)}")
+
+    def _where(self, url: str) -> str:
+        """
+        Where a network failure happened, for its message: the URL (never credentials) and, when the
+        connection's host had no scheme, that https:// was assumed (against a plain-HTTP server, the cause).
+        Worked out once per URL: every request of a batch asks.
+        """
+        where = self._places.get(url)
+        if where is None:
+            note = ""
+            if self.scheme_assumed:
+                note = "; https:// was assumed because the connection's host has no scheme (plain HTTP needs http://)"
+            where = self._places[url] = f" at {_shown(url)}{note}"
+        return where
+
+    def _tested(self, probe: Callable[[], str]) -> tuple[bool, str]:
+        """
+        ``test_connection``'s answer: ``(True, what probe says)``, or ``(False, why)``; it never raises (the
+        UI shows the message). One attempt only: the UI waits for the answer, and a retry would not change it.
+        """
+        policy = self.retry_policy
+        self.retry_policy = replace(policy, max_attempts=1)
+        try:
+            return True, probe()
+        except M2mProviderError as exc:  # its message names the connection or the call already
+            return False, str(exc)
+        except Exception as exc:  # an unusable host, a missing connection: still an answer, not a crash
+            return False, f"Connection {self.conn_id!r}: {exc}"
+        finally:
+            self.retry_policy = policy
 
     def _workers(self, max_workers: int | None) -> int:
         workers = DEFAULT_MAX_WORKERS if max_workers is None else max_workers
@@ -184,33 +270,64 @@ class PlatformHook(BaseHook):
 
     def map_concurrently(
         self,
-        items: Iterable[T],
+        items: list[T],
         work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-        max_workers: int | None = None,
+        error_row: Callable[[T, str], R],
+        max_workers: int | None,
+        *,
+        async_twin: str,
     ) -> Iterator[R]:
-        """Run ``work`` for every item with at most ``max_workers`` in flight; yield results as they come."""
-        workers = self._workers(max_workers)
-        self.connection  # noqa: B018  - fetch the connection and mask its secret on this thread first
-        return transport.map_concurrently(items, work, session=lambda: self.batch_session(workers), max_workers=workers)
+        """
+        Run ``work`` for every item with at most ``max_workers`` in flight; yield results as they come.
 
-    async def aconnection(self) -> Any:
-        """:attr:`connection`, fetched without blocking the event loop (in a trigger); masked the same way."""
-        if "connection" not in self.__dict__:
-            conn = await self.aget_connection(self.conn_id)
-            if conn.password:
-                await amask_secret(conn.password)
-            self.__dict__["connection"] = conn
-        return self.connection
+        A failure of one item becomes ``error_row(item, message)``; an authentication failure is the
+        account's, not the item's, and stops the batch. No items: nothing is fetched, nothing yielded.
+
+        :param async_twin: the coroutine method to name when this is called inside a running event loop.
+        """
+        workers = self._workers(max_workers)
+        batches.refuse_inside_event_loop(f"{type(self).__name__}.{async_twin}")
+        if not items:
+            return iter(())
+        self.fetch_connection()  # on this thread, before the loop starts
+        return batches.map_concurrently(
+            items, _one_item(work, error_row), session=lambda: self.batch_session(workers), max_workers=workers
+        )
 
     async def agather_concurrently(
         self,
-        items: Iterable[T],
+        items: list[T],
         work: Callable[[aiohttp.ClientSession, T], Awaitable[R]],
-        max_workers: int | None = None,
+        error_row: Callable[[T, str], R],
+        max_workers: int | None,
     ) -> list[R]:
         """The coroutine twin of :meth:`map_concurrently`, for a running event loop: all results, as they came."""
         workers = self._workers(max_workers)
-        await self.aconnection()
-        return await transport.gather_concurrently(
-            items, work, session=lambda: self.batch_session(workers), max_workers=workers
+        if not items:
+            return []
+        await self.afetch_connection()
+        return await batches.gather_concurrently(
+            items, _one_item(work, error_row), session=lambda: self.batch_session(workers), max_workers=workers
         )
+
+
+def _shown(url: str) -> str:
+    """``url`` without user info, query or fragment: safe for logs and errors."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _one_item(
+    work: Callable[[aiohttp.ClientSession, T], Awaitable[R]], error_row: Callable[[T, str], R]
+) -> Callable[[aiohttp.ClientSession, T], Awaitable[R]]:
+    """``work`` for one item of a batch: a failure of that item alone becomes its error row."""
+
+    async def one(client: aiohttp.ClientSession, item: T) -> R:
+        try:
+            return await work(client, item)
+        except AuthenticationError:
+            raise
+        except M2mProviderError as exc:
+            return error_row(item, str(exc))
+
+    return one

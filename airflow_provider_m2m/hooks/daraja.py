@@ -7,13 +7,14 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 from airflow.sdk.log import mask_secret
 
+from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
 from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
@@ -65,6 +66,10 @@ class _TokenRejected(Exception):
         super().__init__(f"HTTP {status} {error_code or '-'}")
 
 
+def _swap_error(number: str, error: str) -> SimSwapRecord:
+    return SimSwapRecord(msisdn=number, error=error)
+
+
 class DarajaHook(PlatformHook):
     """
     Talk to Safaricom Daraja's IMSI / SIM-swap check (``POST /imsi/v1/checkATI``).
@@ -94,7 +99,7 @@ class DarajaHook(PlatformHook):
     get_ui_field_behaviour = connection_forms.field_behaviour
 
     def __init__(self, daraja_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__(daraja_conn_id, retry_policy=retry_policy)
+        super().__init__(retry_policy=retry_policy)
         self.daraja_conn_id = daraja_conn_id
 
     # ------------------------------------------------------------------ token
@@ -238,50 +243,57 @@ class DarajaHook(PlatformHook):
 
     def check_sim_swaps(self, msisdns: Iterable[str] | str, max_workers: int | None = None) -> Iterator[SimSwapRecord]:
         """
-        Check many numbers with bounded concurrency; yield one record per input, as they complete.
+        :meth:`check_sim_swap` for many numbers with bounded concurrency; yield one record per input, as
+        they complete. No number: nothing is sent (not even for a token), nothing yielded.
 
         Every number is validated before anything is sent. Each distinct number is checked once (a check
         costs money); duplicates in the input get the same record. A number whose check failed (Daraja
         error, transient failure past the retry budget, unreadable answer) comes back with ``.error`` set
-        and its other fields None; an authentication failure stops the whole batch.
+        and its other fields None; an authentication failure stops the whole batch. Inside a running event
+        loop use :meth:`acheck_sim_swaps`.
 
-        :param msisdns: one number (a string, never split) or any iterable of numbers.
+        :param msisdns: one number as a plain string (never split), any iterable of numbers, or the text
+            Jinja renders from a list (see :func:`~airflow_provider_m2m.protocol.values.validate_each`).
         :param max_workers: checks in flight at once (default 16).
         """
-        if isinstance(msisdns, Iterable) and not isinstance(msisdns, (str, list, tuple, bytes, Mapping)):
-            msisdns = list(msisdns)  # a generator, a set, or Airflow's lazy XCom sequence
-        numbers = msisdn_rules.validate_many(msisdns)
-        counts = Counter(numbers)
-        return self._check_distinct(list(counts), counts, max_workers)
+        counts = Counter(msisdn_rules.validate_many(msisdns, allow_empty=True))
+        batches.refuse_inside_event_loop(f"{type(self).__name__}.acheck_sim_swaps")
+        if counts:
+            self.get_access_token()  # on this thread, before the loop: a bad secret stops the batch here
+        records = self.map_concurrently(
+            list(counts), self._check, _swap_error, max_workers, async_twin="acheck_sim_swaps"
+        )
+        return (record for record in records for _ in range(counts[record.msisdn]))
 
-    def _check_distinct(
-        self, distinct: list[str], counts: Counter[str], max_workers: int | None
-    ) -> Iterator[SimSwapRecord]:
+    async def acheck_sim_swaps(
+        self, msisdns: Iterable[str] | str, max_workers: int | None = None
+    ) -> list[SimSwapRecord]:
+        """
+        The coroutine twin of :meth:`check_sim_swaps`, for a running event loop: every record, as they came.
+
+        The access token is fetched (when not cached) on the loop's thread, as a renewal is: one short
+        blocking request per batch, which keeps the secret masker off other threads.
+        """
+        counts = Counter(msisdn_rules.validate_many(msisdns, allow_empty=True))
+        if not counts:
+            return []
+        await self.afetch_connection()
+        self.get_access_token()
+        records = await self.agather_concurrently(list(counts), self._check, _swap_error, max_workers)
+        return [record for record in records for _ in range(counts[record.msisdn])]
+
+    async def _check(self, client: aiohttp.ClientSession, number: str) -> SimSwapRecord:
         url = f"{self.base_url}{CHECK_PATH}"
-        self.get_access_token()  # on this thread, before the loop: a bad secret stops the batch here
-
-        async def check(client: aiohttp.ClientSession, number: str) -> SimSwapRecord:
-            interpret = self._interpret_check(number)
-            what = f"checkATI {msisdn_rules.masked(number)}"
-            try:
-                return await self._awith_token(
-                    lambda token: self.arequest(
-                        client, "POST", url, interpret, what=what, **self._check_request(number, token)
-                    )
-                )
-            except AuthenticationError:
-                raise
-            except M2mProviderError as exc:
-                return SimSwapRecord(msisdn=number, error=str(exc))
-
-        for record in self.map_concurrently(distinct, check, max_workers):
-            for _ in range(counts[record.msisdn]):
-                yield record
+        interpret = self._interpret_check(number)
+        what = f"checkATI {msisdn_rules.masked(number)}"
+        return await self._awith_token(
+            lambda token: self.arequest(client, "POST", url, interpret, what=what, **self._check_request(number, token))
+        )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the consumer key/secret by fetching an access token."""
-        try:
-            self.get_access_token()
-        except (M2mProviderError, ValueError) as exc:
-            return False, str(exc)
-        return True, f"Connection {self.conn_id!r}: Daraja issued an access token"
+        """Check the consumer key/secret by fetching an access token; never raises (``(False, why)``)."""
+        return self._tested(self._probe)
+
+    def _probe(self) -> str:
+        self.get_access_token()
+        return f"Connection {self.conn_id!r}: Daraja issued an access token"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -12,23 +12,33 @@ from airflow_provider_m2m.exceptions import (
     AuthenticationError,
     InvalidRequestError,
     M2mApiError,
-    M2mProviderError,
     OutcomeUnknownError,
     ProtocolError,
 )
 from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
-from airflow_provider_m2m.protocol import sim_insight, sms
+from airflow_provider_m2m.protocol import sim_insight, sim_status, sms
 from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
+from airflow_provider_m2m.protocol.sim_status import SimStatus, StatusChange, UsageRecord
 from airflow_provider_m2m.transport import Reply, RetryPolicy
 
-__all__ = ["ImeiRecord", "M2mHook", "SmsDetails", "SmsHistory", "SmsReceipt"]
+__all__ = [
+    "ImeiRecord",
+    "M2mHook",
+    "SimStatus",
+    "SmsDetails",
+    "SmsHistory",
+    "SmsReceipt",
+    "StatusChange",
+    "UsageRecord",
+]
 
 # test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
 # "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
 PROBE_ICCID = "8900000000000000000"
+T = TypeVar("T")
 _HEADERS = {"Content-Type": sim_insight.CONTENT_TYPE, "Accept": sim_insight.CONTENT_TYPE}
 
 
@@ -36,6 +46,18 @@ def _lastx(lastx: int) -> int:
     if isinstance(lastx, bool) or not isinstance(lastx, int) or not 1 <= lastx <= 20:
         raise InvalidRequestError("lastx", "must be an integer from 1 to 20", repr(lastx))
     return lastx
+
+
+def _imei_error(number: str, error: str) -> ImeiRecord:
+    return ImeiRecord(iccid=number, error=error)
+
+
+def _history_error(number: str, error: str) -> SmsHistory:
+    return SmsHistory(number, error=error)
+
+
+def _status_error(number: str, error: str) -> SimStatus:
+    return SimStatus(iccid=number, error=error)
 
 
 class M2mHook(PlatformHook):
@@ -65,17 +87,16 @@ class M2mHook(PlatformHook):
     get_connection_form_widgets = connection_forms.form_widgets
     get_ui_field_behaviour = connection_forms.field_behaviour
 
+    required_extras = {"api_id": "is required by SIM Insight"}
+
     def __init__(self, m2m_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__(m2m_conn_id, retry_policy=retry_policy)
+        super().__init__(retry_policy=retry_policy)
         self.m2m_conn_id = m2m_conn_id
 
     @cached_property
     def api_id(self) -> str:
-        """The account's API id (connection extra ``api_id``, required)."""
-        api_id = self.extra("api_id")
-        if api_id is None:
-            raise InvalidRequestError(f"connection {self.conn_id!r} extra 'api_id'", "is required by SIM Insight")
-        return str(api_id)
+        """The account's API id (connection extra ``api_id``, required: :meth:`fetch_connection` checks it)."""
+        return str(self.extra("api_id"))
 
     @property
     def _credentials(self) -> dict[str, str]:
@@ -94,6 +115,8 @@ class M2mHook(PlatformHook):
         def interpret(reply: Reply) -> Any:
             if reply.status in (401, 403):
                 raise AuthenticationError(f"Connection {self.conn_id!r}: SIM Insight answered HTTP {reply.status}")
+            if 400 <= reply.status < 500:  # the platform's final word, whatever the body (transport.py)
+                raise M2mApiError(command, f"HTTP {reply.status}: {excerpt(reply.body, secrets)}", reply.status)
             if reply.status != 200:
                 raise ProtocolError(f"SIM Insight {command}: HTTP {reply.status}: {excerpt(reply.body, secrets)}")
             try:
@@ -137,39 +160,49 @@ class M2mHook(PlatformHook):
         fields = self.call("query_imei", [("iccid", number)], what=f"query_imei {number}")
         return sim_insight.imei_record(number, fields)
 
-    def query_imeis(self, iccids: Iterable[str], max_workers: int | None = None) -> Iterator[ImeiRecord]:
+    def query_imeis(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> Iterator[ImeiRecord]:
         """
-        Query many SIMs with bounded concurrency; yield one record per input ICCID, as they complete.
+        :meth:`query_imei` for many SIMs with bounded concurrency; yield one record per input ICCID, as
+        they complete. No ICCID: nothing is sent, nothing yielded.
 
         Every ICCID is validated before anything is sent. A SIM whose query failed (platform failure,
         transient failure past the retry budget, unreadable answer) comes back with ``.error`` set and its
-        other fields None; an authentication failure stops the whole batch.
+        other fields None; an authentication failure stops the whole batch. Inside a running event loop
+        (Jupyter, async code) use :meth:`aquery_imeis`: this refuses with a message saying so.
 
-        :param iccids: the ICCIDs: any iterable, or one ICCID as a plain string.
+        :param iccids: the ICCIDs: one as a plain string (never split), any iterable of them, or the text
+            Jinja renders from a list (see :func:`~airflow_provider_m2m.protocol.values.validate_each`).
         :param max_workers: calls in flight at once (default 16).
         """
-        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
-        interpret = self._interpret("query_imei")
-        body = sim_insight.request_template("query_imei", **self._credentials, field="iccid")
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return self.map_concurrently(numbers, self._query_imei, _imei_error, max_workers, async_twin="aquery_imeis")
 
-        async def query(client: aiohttp.ClientSession, number: str) -> ImeiRecord:
-            try:
-                fields = await self.arequest(
-                    client,
-                    "POST",
-                    self.base_url,
-                    interpret,
-                    what=f"query_imei {number}",
-                    data=body(number),
-                    headers=_HEADERS,
-                )
-                return sim_insight.imei_record(number, fields)
-            except AuthenticationError:
-                raise
-            except M2mProviderError as exc:
-                return ImeiRecord(iccid=number, error=str(exc))
+    async def aquery_imeis(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> list[ImeiRecord]:
+        """The coroutine twin of :meth:`query_imeis`, for a running event loop: every record, as they came."""
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return await self.agather_concurrently(numbers, self._query_imei, _imei_error, max_workers)
 
-        return self.map_concurrently(numbers, query, max_workers)
+    async def _query_imei(self, client: aiohttp.ClientSession, number: str) -> ImeiRecord:
+        return await self._query_sim(client, "query_imei", number, sim_insight.imei_record)
+
+    async def _query_sim(
+        self,
+        client: aiohttp.ClientSession,
+        command: str,
+        number: str,
+        record: Callable[[str, dict[str, str | None]], T],
+    ) -> T:
+        """One per-SIM query of a batch (``query_imei``, ``query_status``): its answer as ``record(iccid, fields)``."""
+        fields = await self.arequest(
+            client,
+            "POST",
+            self.base_url,
+            self._interpret(command),
+            what=f"{command} {number}",
+            data=self._body(command, [("iccid", number)]),
+            headers=_HEADERS,
+        )
+        return record(number, fields)
 
     def send_sms(
         self,
@@ -233,42 +266,47 @@ class M2mHook(PlatformHook):
             headers=_HEADERS,
         )
 
-    async def aquery_sms_mt_details_many(
-        self, iccids: Iterable[str], lastx: int = 1, max_workers: int | None = None
-    ) -> list[SmsHistory]:
+    def query_sms_histories(
+        self, iccids: Iterable[str] | str, lastx: int = 1, max_workers: int | None = None
+    ) -> Iterator[SmsHistory]:
         """
-        :meth:`query_sms_mt_details` for many SIMs with bounded concurrency, as a coroutine (for triggers).
+        :meth:`query_sms_mt_details` for many SIMs with bounded concurrency: one :class:`SmsHistory` per
+        ICCID, as they complete; a SIM whose query failed has ``.error`` set; an authentication failure
+        stops the batch. Every ICCID is validated before anything is sent; no ICCID: nothing yielded.
+        Inside a running event loop use :meth:`aquery_sms_histories`.
 
-        One :class:`SmsHistory` per ICCID, in completion order; a SIM whose query failed has ``.error``
-        set; an authentication failure stops the batch. Every ICCID is validated before anything is sent.
-
-        :param iccids: the ICCIDs (any iterable, or one ICCID as a plain string).
+        :param iccids: the ICCIDs, as :meth:`query_imeis` takes them.
         :param lastx: messages per SIM, 1 to 20.
         :param max_workers: queries in flight at once (default 16).
         """
-        numbers = iccid_rules.validate_many(iccids if isinstance(iccids, str) else list(iccids))
-        then = [("lastx", str(_lastx(lastx)))]
-        await self.aconnection()
-        body = sim_insight.request_template("query_sms_mt_details", **self._credentials, field="iccid", then=then)
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return self.map_concurrently(
+            numbers, self._history_query(lastx), _history_error, max_workers, async_twin="aquery_sms_histories"
+        )
+
+    async def aquery_sms_histories(
+        self, iccids: Iterable[str] | str, lastx: int = 1, max_workers: int | None = None
+    ) -> list[SmsHistory]:
+        """The coroutine twin of :meth:`query_sms_histories` (the sensor and the trigger poll with it)."""
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return await self.agather_concurrently(numbers, self._history_query(lastx), _history_error, max_workers)
+
+    def _history_query(self, lastx: int) -> Callable[[aiohttp.ClientSession, str], Awaitable[SmsHistory]]:
+        then = ("lastx", str(_lastx(lastx)))
 
         async def query(client: aiohttp.ClientSession, number: str) -> SmsHistory:
-            try:
-                messages = await self.arequest(
-                    client,
-                    "POST",
-                    self.base_url,
-                    self._sms_mt_details_interpret(number),
-                    what=f"query_sms_mt_details {number}",
-                    data=body(number),
-                    headers=_HEADERS,
-                )
-                return SmsHistory(number, tuple(messages))
-            except AuthenticationError:
-                raise
-            except M2mProviderError as exc:
-                return SmsHistory(number, error=str(exc))
+            messages = await self.arequest(
+                client,
+                "POST",
+                self.base_url,
+                self._sms_mt_details_interpret(number),
+                what=f"query_sms_mt_details {number}",
+                data=self._body("query_sms_mt_details", [("iccid", number), then]),
+                headers=_HEADERS,
+            )
+            return SmsHistory(number, tuple(messages))
 
-        return await self.agather_concurrently(numbers, query, max_workers)
+        return query
 
     def _sms_mt_details_interpret(self, number: str) -> Callable[[Reply], list[SmsDetails]]:
         return self._interpret(
@@ -287,11 +325,81 @@ class M2mHook(PlatformHook):
         ``invalid iccid`` failure both prove the platform accepted the credentials; an authentication
         failure proves it did not.
         """
-        probe = str(self.extra("test_iccid", PROBE_ICCID))
+        return self._tested(self._probe)
+
+    def _probe(self) -> str:
         try:
-            record = self.query_imei(probe)
+            record = self.query_imei(str(self.extra("test_iccid", PROBE_ICCID)))
         except M2mApiError as exc:
-            return True, f"Credentials accepted (the probe query answered: {exc.description})"
-        except (M2mProviderError, ValueError) as exc:
-            return False, str(exc)
-        return True, f"Credentials accepted; SIM {record.iccid} is in device {record.current_imei or 'unknown'}"
+            if exc.status != 200:  # refused outright (a wrong host or path): it proves nothing
+                raise
+            return f"Credentials accepted (the probe query answered: {exc.description})"
+        return f"Credentials accepted; SIM {record.iccid} is in device {record.current_imei or 'unknown'}"
+
+    # ------------------------------------------------------------------ SIM status and usage
+    def query_status(self, iccid: str) -> SimStatus:
+        """
+        The SIM's status: ``active``, ``deactivated`` or ``closed`` (permanent: make no further calls for it).
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_status", [("iccid", number)], what=f"query_status {number}")
+        return sim_status.sim_status(number, fields)
+
+    def query_statuses(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> Iterator[SimStatus]:
+        """
+        :meth:`query_status` for many SIMs with bounded concurrency, like :meth:`query_imeis`: one record per
+        input ICCID as they complete; a SIM whose query failed has ``.error`` set and ``status`` None.
+
+        :param iccids: the ICCIDs (as for :meth:`query_imeis`); all validated before anything is sent.
+        :param max_workers: calls in flight at once (default 16).
+        """
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return self.map_concurrently(
+            numbers, self._query_status, _status_error, max_workers, async_twin="aquery_statuses"
+        )
+
+    async def aquery_statuses(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> list[SimStatus]:
+        """The coroutine twin of :meth:`query_statuses`, for a running event loop: every record, as they came."""
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return await self.agather_concurrently(numbers, self._query_status, _status_error, max_workers)
+
+    async def _query_status(self, client: aiohttp.ClientSession, number: str) -> SimStatus:
+        return await self._query_sim(client, "query_status", number, sim_status.sim_status)
+
+    def set_status(self, iccid: str, status: str) -> StatusChange:
+        """
+        Activate or deactivate a SIM (``set_status``): a command, carried out at once by the platform.
+
+        Both arguments are validated before anything is sent. The request carries the platform's own
+        spelling (``de-activated``). Like an SMS it is never retried once it may have reached the platform:
+        :class:`~airflow_provider_m2m.exceptions.OutcomeUnknownError` is raised instead, and the caller reads
+        the status back (:meth:`query_status`) to settle it.
+
+        :param iccid: the SIM's ICCID.
+        :param status: ``active`` or ``deactivated`` (any case). ``closed`` cannot be set.
+        :raises M2mApiError: the platform refused (e.g. ``invalid iccid``, ``invalid content``).
+        """
+        number = iccid_rules.validate(iccid)
+        target = sim_status.validate_target(status)
+        word = sim_status.set_status_word(target)
+        self.call(
+            "set_status", [("iccid", number), ("status", word)], what=f"set_status {number} {word}", idempotent=False
+        )
+        return StatusChange(iccid=number, status=target)
+
+    def query_usage(self, iccid: str) -> UsageRecord:
+        """
+        The SIM's usage this calendar month: data (MB), chargeable SMS, voice minutes.
+
+        The platform's figures lag by a few hours and the call fans out to partner networks, which may
+        rate-limit it: ask once a day, not in a polling loop.
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_usage", [("iccid", number)], what=f"query_usage {number}")
+        return sim_status.usage_record(number, fields)

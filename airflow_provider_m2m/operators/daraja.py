@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
 from airflow_provider_m2m.operators.arguments import as_int, as_workers
+from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.msisdn import masked
 from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSkipException
@@ -86,8 +87,9 @@ class CheckSimSwapOperator(BaseOperator):
             if mode not in ON_RECENT_SWAP:
                 raise InvalidRequestError("on_recent_swap", f"must be one of {', '.join(ON_RECENT_SWAP)}", repr(mode))
             workers = as_workers(self.max_workers)
+            numbers = msisdn_rules.validate_many(self.msisdns)  # at least one: an empty screen is bad input
             try:
-                records = self.hook.check_sim_swaps(self.msisdns, max_workers=workers)  # validates all first
+                records = self.hook.check_sim_swaps(numbers, max_workers=workers)
                 today = pendulum.now("UTC").date()
                 rows: list[dict[str, Any]] = []
                 for record in records:

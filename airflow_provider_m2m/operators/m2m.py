@@ -113,7 +113,7 @@ class QueryImeiOperator(BaseOperator):
             numbers = iccid_rules.validate_many(self.iccids)
             since = parse_changed_since(self.changed_since)
             workers = as_workers(self.max_workers)
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             kept = (r.as_dict() for r in self._kept(self.hook.query_imeis(numbers, workers), since, progress, counts))
@@ -222,7 +222,7 @@ class SendSmsOperator(BaseOperator):
                     "sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)"
                 )
             fixed_uid = sms.validate_uid(self.sms_uid) if self.sms_uid not in (None, "") else None
-            self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
+            self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
         ti = context["ti"]
         ledger = SmsLedger(context, self.log)
         progress = Progress(self.log, "SMS sent", len(numbers))
@@ -280,3 +280,9 @@ class SendSmsOperator(BaseOperator):
         except M2mProviderError as exc:
             return {**row, "outcome": "failed", "error": str(exc)}, None  # refused: certainly not sent
         return {**row, "sms_uid": receipt.sms_uid or uid}, "sent"
+
+
+# Re-exported so every SIM Insight operator imports from this module (defined beside its own rules).
+from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator  # noqa: E402
+
+__all__ = ["QueryImeiOperator", "SendSmsOperator", "SetSimStatusOperator"]

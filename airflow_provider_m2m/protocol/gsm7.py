@@ -1,12 +1,34 @@
-"""
+r"""
 GSM 7-bit default alphabet (3GPP TS 23.038) rules for SIM Insight's Send SMS.
 
 Counting and validation use the ``gsm0338`` codec, so they agree with a real encoder by construction:
-each character of the extension table (form feed ^ { } \\ [ ~ ] | €) encodes as escape + code, two
+each character of the extension table (form feed ^ { } \ [ ~ ] | €) encodes as escape + code, two
 septets. The codec maps code point 0x09 to ``Ç`` (as TS 23.038 draws it), so ``Ç`` passes and ``ç``
 does not. XML 1.0 cannot carry form feed or ESC at all, so they are rejected even though the alphabet
 has them.
-"""
+
+Examples:
+
+>>> from airflow_provider_m2m.protocol import gsm7
+>>> gsm7.septets("Engine check at 06:00")
+21
+>>> gsm7.septets("[ok] 5 €")  # [ ] and € are extension characters: two septets each
+11
+>>> gsm7.validate("Çava")
+'Çava'
+>>> gsm7.validate("ça va")
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: message_text: character 'ç' (U+00E7) at position 0 is not in the GSM 7-bit ...
+>>> gsm7.validate("x" * 161)
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: message_text: 161 septets is over the 160-septet limit of one SMS ...
+>>> gsm7.validate("page\x0cbreak")
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: message_text: form feed at position 4 cannot be carried in XML 1.0
+"""  # noqa: E501  (doctest lines show whole error messages)
 
 from __future__ import annotations
 

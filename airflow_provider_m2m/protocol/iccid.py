@@ -3,6 +3,26 @@ ICCID: the SIM card number (ITU-T E.118), 18 to 22 digits.
 
 SIM Insight's own documentation example fails a Luhn check, and some platforms strip the check digit,
 so the Luhn check is optional and off by default.
+
+Examples (SIM Insight's documentation example ICCID, then one of the sandbox fleet's):
+
+>>> from airflow_provider_m2m.protocol import iccid
+>>> iccid.validate("1234567890123456789")
+'1234567890123456789'
+>>> iccid.validate("8925 4010-0000 0000 01")  # compacted: spaces and dashes between groups go
+'892540100000000001'
+>>> iccid.validate("1234567890123456789", check_luhn=True)
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: iccid: the Luhn check digit is wrong (got '1234567890123456789')
+>>> iccid.validate("8925401")
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: iccid: an ICCID has 18 to 22 digits, this one has 7 (got '8925401')
+>>> iccid.validate_many(["892540100000000001", "89254O1000000000001"])  # a letter O among the digits
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: iccids[1]: an ICCID has digits only (got '89254O1000000000001')
 """
 
 from __future__ import annotations
@@ -37,6 +57,6 @@ def validate(value: object, *, check_luhn: bool = False, field: str = "iccid") -
     return number
 
 
-def validate_many(values: object, *, field: str = "iccids") -> list[str]:
-    """Validate one ICCID (a plain string, never split on commas) or a list of them; errors name the position."""
-    return validate_each(values, validate, field, "ICCID")
+def validate_many(values: object, *, field: str = "iccids", allow_empty: bool = False) -> list[str]:
+    """ICCIDs as :func:`~airflow_provider_m2m.protocol.values.validate_each` reads them; errors name the position."""
+    return validate_each(values, validate, field, "ICCID", allow_empty=allow_empty)

@@ -5,6 +5,20 @@ A 16-digit IMEISV (TAC + serial + 2-digit software version, no check digit) beco
 the first 14 digits plus their Luhn check digit (3GPP TS 23.003 annex B). A 15-digit value is kept as
 it is, even with a bad check digit: networks may report a spare 0 there (TS 22.016), so rejecting it
 would be a false alarm.
+
+Examples (the TAC ``35982704`` is from the SIM Insight documentation):
+
+>>> from airflow_provider_m2m.protocol import imei
+>>> imei.normalize("359827041234569")  # 15 digits: kept as reported
+'359827041234569'
+>>> imei.normalize("3598270412345612")  # a 16-digit IMEISV: 14 digits + their Luhn check digit
+'359827041234561'
+>>> imei.normalize("") is None  # an empty element means unknown
+True
+>>> imei.normalize("35982704123")
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.ProtocolError: malformed IMEI from the platform: 11 digits
 """
 
 from __future__ import annotations

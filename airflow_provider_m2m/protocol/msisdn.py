@@ -6,7 +6,23 @@ Daraja's own form (``254722000000``), often with spaces or dashes; all become ``
 phonenumbers (region KE) does the parsing. Its validity metadata is not used: Safaricom opens new
 ranges (``011x``, ...) faster than the metadata follows, so any ``254[17]`` number of the right length
 is accepted.
-"""
+
+Examples (``254722000000`` is the Daraja documentation's own example, and the sandbox answers it):
+
+>>> from airflow_provider_m2m.protocol import msisdn
+>>> msisdn.validate("0722 000 000")
+'254722000000'
+>>> msisdn.validate("+254722000000")
+'254722000000'
+>>> msisdn.validate("0110000000")
+'254110000000'
+>>> msisdn.masked("254722000000")
+'*******0000'
+>>> msisdn.validate("0622000000")
+Traceback (most recent call last):
+    ...
+airflow_provider_m2m.exceptions.InvalidRequestError: msisdn: must be a Kenyan mobile number: 07XXXXXXXX, 01XXXXXXXX, ... (got '0622000000')
+"""  # noqa: E501  (doctest lines show whole error messages)
 
 from __future__ import annotations
 
@@ -47,9 +63,9 @@ def validate(value: object, field: str = "msisdn") -> str:
     return f"{COUNTRY_CODE}{national}"
 
 
-def validate_many(values: object, field: str = "msisdns") -> list[str]:
-    """Validate one MSISDN (a plain string, never split on commas) or a list of them; errors name the position."""
-    return validate_each(values, validate, field, "MSISDN")
+def validate_many(values: object, field: str = "msisdns", *, allow_empty: bool = False) -> list[str]:
+    """MSISDNs as :func:`~airflow_provider_m2m.protocol.values.validate_each` reads them; errors name the position."""
+    return validate_each(values, validate, field, "MSISDN", allow_empty=allow_empty)
 
 
 def masked(msisdn: str) -> str:

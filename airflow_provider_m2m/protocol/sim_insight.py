@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pendulum
@@ -19,6 +19,7 @@ from lxml import etree
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, ProtocolError
 from airflow_provider_m2m.protocol import imei
+from airflow_provider_m2m.protocol.delivery_states import delivery_state
 from airflow_provider_m2m.protocol.excerpt import excerpt
 
 CONTENT_TYPE = "application/xml"
@@ -50,41 +51,6 @@ def build_request(
         if text is not None:
             etree.SubElement(root, name).text = text
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-_SLOT = "m2m-slot-7f3a9c"
-
-
-def request_template(
-    command: str,
-    *,
-    api_id: str,
-    username: str,
-    password: str,
-    field: str,
-    then: Iterable[tuple[str, str | None]] = (),
-) -> Callable[[str], bytes]:
-    """
-    A fast builder of one command's requests that differ only in ``field``'s text (an ICCID in a batch).
-
-    The request is serialised once around a placeholder; a digits-only value is spliced in as is (digits
-    need no escaping), anything else goes through :func:`build_request`. Same bytes either way.
-
-    :param then: fixed ``(element, text)`` pairs that follow ``field`` in every request.
-    """
-    creds = {"api_id": api_id, "username": username, "password": password}
-    after = list(then)
-    parts = build_request(command, **creds, fields=[(field, _SLOT), *after]).split(_SLOT.encode())
-    if len(parts) != 2:  # the placeholder also occurs in the credentials: never splice
-        return lambda value: build_request(command, **creds, fields=[(field, value), *after])
-    head, tail = parts
-
-    def build(value: str) -> bytes:
-        if value.isascii() and value.isdigit():
-            return head + value.encode() + tail
-        return build_request(command, **creds, fields=[(field, value), *after])
-
-    return build
 
 
 def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> dict[str, str | None]:
@@ -207,7 +173,10 @@ class SmsReceipt:
 
     :param iccid: the SIM the message went to.
     :param sms_uid: the message's uid (given or assigned by the platform).
-    :param outcome: ``success`` when the platform accepted the message.
+    :param outcome: always ``success`` from the hook (a send that is not accepted raises instead). Kept,
+        though it carries no information here, because :meth:`as_dict` is the row shape every SMS report
+        shares (``SendSmsOperator``'s rows, the ledger, the delivery sensor's input), where ``unknown`` and
+        ``failed`` do occur; and it is part of the published ``SmsReceipt`` API.
     """
 
     iccid: str
@@ -217,25 +186,6 @@ class SmsReceipt:
     def as_dict(self) -> dict[str, str | None]:
         """JSON-safe dict."""
         return {"iccid": self.iccid, "sms_uid": self.sms_uid, "outcome": self.outcome}
-
-
-#: Delivery states, from the platform's ``status`` of a mobile-terminated message. The documentation names
-#: ``pending`` and ``delivered`` and leaves the list open ("pending, delivered, ..."): the other words
-#: below are the usual SMSC outcomes. Any other status is ``unknown``: kept as sent, never taken as final.
-DELIVERED, PENDING, FAILED, UNKNOWN = "delivered", "pending", "failed", "unknown"
-_STATE_OF_STATUS = {
-    "delivered": DELIVERED,
-    **dict.fromkeys(("pending", "queued", "accepted", "submitted", "sent", "enroute", "buffered"), PENDING),
-    **dict.fromkeys(
-        ("failed", "undelivered", "undeliverable", "expired", "rejected", "cancelled", "canceled", "deleted"),
-        FAILED,
-    ),
-}
-
-
-def delivery_state(status: str | None) -> str:
-    """The delivery state (:data:`DELIVERED`, :data:`PENDING`, :data:`FAILED`, :data:`UNKNOWN`) of a status."""
-    return _STATE_OF_STATUS.get((status or "").strip().lower(), UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)

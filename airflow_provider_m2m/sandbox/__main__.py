@@ -20,7 +20,9 @@ import urllib.request
 from datetime import datetime
 
 from .fleet import Fleet
-from .server import READY_PREFIX, SANDBOX_CREDENTIALS, Sandbox
+from .in_process import Sandbox
+from .remote import READY_PREFIX
+from .state import SANDBOX_CREDENTIALS
 
 
 def _anchor(value: str) -> datetime:

@@ -140,6 +140,23 @@ class SwapRecord:
     registration_text: str = REGISTRATION_NOTE
 
 
+#: Numbers from the Daraja IMSI API documentation, answered by every sandbox whatever its fleet, so that the
+#: documentation's (and the README's) examples work as copied. ``254722000000`` is the documented request; its
+#: answer uses the documented sample hash and registration date, and "no swap in the last 3 months"
+#: (``01-01-1900 00:00``, the spec table's own example), so a screen of it passes.
+DOCUMENTATION_SWAPS: dict[str, SwapRecord] = {
+    "254722000000": SwapRecord(
+        msisdn="254722000000",
+        last_swap=None,
+        registration=date(2022, 3, 1),
+        registration_note=None,
+        imsi_hash="9233817055099406",
+        last_swap_text=SWAP_SENTINEL + " 00:00",
+        registration_text="01-03-2022",
+    ),
+}
+
+
 def _digits(rng: random.Random, n: int) -> str:
     return f"{rng.randrange(10**n):0{n}d}"
 

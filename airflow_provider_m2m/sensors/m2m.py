@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_m2m.delivery import FINAL_STATES, POLL_RETRY_POLICY, DeliveryWatch, messages_to_watch, poll_round
+from airflow_provider_m2m.delivery import POLL_RETRY_POLICY, DeliveryWatch, messages_to_watch, poll_round
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators.arguments import as_int
+from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
 from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.triggers.m2m import SmsDeliveryTrigger
 from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
@@ -100,7 +101,7 @@ class SmsDeliverySensor(BaseSensorOperator):
             self.max_requests_per_poke = as_int(self.max_requests_per_poke, "max_requests_per_poke", 1, 10_000)
             self.max_workers = as_int(self.max_workers, "max_workers", 1, 64)
             self.lastx = as_int(self.lastx, "lastx", 1, 20)
-            self.hook.api_id  # noqa: B018 - a connection without api_id is bad input: fail before polling
+            self.hook.fetch_connection()  # a connection without api_id is bad input: fail before polling
         if skipped:
             self.log.info("%d rows were not sent (their outcome says so); not waiting for them", skipped)
         store = context.get("task_state_store")
@@ -146,8 +147,8 @@ class SmsDeliverySensor(BaseSensorOperator):
     def poke(self, context: Context) -> bool | PokeReturnValue:
         watch = self._watch
         assert watch is not None, "execute() builds the watch"
-        self.hook.connection  # noqa: B018 - fetch and mask on this thread, outside the event loop
         with bad_input_fails_task():
+            self.hook.fetch_connection()  # on this thread, outside the event loop
             asyncio.run(
                 poll_round(
                     self.hook,

@@ -80,7 +80,7 @@ def test_concurrent_first_calls_fetch_once(sb):
 
     def fetch() -> None:
         h = hook()
-        h.connection  # noqa: B018 - read the connection before the race
+        h.fetch_connection()  # before the race
         barrier.wait()
         tokens.append(h.get_access_token())
 

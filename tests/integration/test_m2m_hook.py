@@ -154,7 +154,7 @@ def test_timeout_is_retried_for_query_imei(sb, monkeypatch, capsys):
     assert sb.stats()["requests"] == 2
     (line,) = retry_lines(capsys)
     assert line.startswith(f"Retrying query_imei {iccid} in ")
-    assert line.endswith("(attempt 2): read timed out")
+    assert line.endswith(f"(attempt 2): read timed out at {sb.url}")
     settle(sb)
     assert [e["fault"] for e in sb.received("query_imei")] == [None, "slow"]  # the retry answered first
 
@@ -305,7 +305,8 @@ def test_send_sms_read_timeout_is_outcome_unknown_with_one_request(sb, monkeypat
     hook = M2mHook(m2m_conn_id=conn_id, retry_policy=FAST)
     iccid = sb.fleet.iccids[54]
     sb.inject("slow", count=1, slow_seconds=1.5)
-    with pytest.raises(OutcomeUnknownError, match=r"^send_sms \d+ sms_uid=Slow1: read timed out; it may") as info:
+    unknown = r"^send_sms \d+ sms_uid=Slow1: read timed out at http://127\.0\.0\.1:\d+; it may"
+    with pytest.raises(OutcomeUnknownError, match=unknown) as info:
         hook.send_sms(iccid, "hello", sms_uid="Slow1")
     assert info.value.sms_uid == "Slow1"
     settle(sb)  # let the slow request finish on the server

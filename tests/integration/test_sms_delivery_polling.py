@@ -83,7 +83,7 @@ def test_lastx_out_of_range_is_refused_before_sending(sb, hook, lastx):
     with pytest.raises(InvalidRequestError, match=r"^lastx: must be an integer from 1 to 20"):
         hook.query_sms_mt_details(sb.fleet.iccids[0], lastx=lastx)
     with pytest.raises(InvalidRequestError, match=r"^lastx: must be an integer from 1 to 20"):
-        asyncio.run(hook.aquery_sms_mt_details_many(sb.fleet.iccids[:2], lastx=lastx))
+        asyncio.run(hook.aquery_sms_histories(sb.fleet.iccids[:2], lastx=lastx))
     assert sb.stats()["requests"] == 0
 
 
@@ -101,7 +101,7 @@ def test_batch_gives_one_history_per_sim_and_keeps_failures_apart(sb, hook):
     iccids = sb.fleet.iccids[:30]
     sent = dict(_send(hook, iccids[:10]))
     sb.inject("503", count=5)  # hook default policy: retried, so every SIM still answers
-    histories = asyncio.run(hook.aquery_sms_mt_details_many([*iccids, NOT_IN_FLEET], lastx=3, max_workers=4))
+    histories = asyncio.run(hook.aquery_sms_histories([*iccids, NOT_IN_FLEET], lastx=3, max_workers=4))
     by_iccid = {h.iccid: h for h in histories}
     assert set(by_iccid) == {*iccids, NOT_IN_FLEET}
     assert "invalid iccid" in by_iccid[NOT_IN_FLEET].error
@@ -116,7 +116,7 @@ def test_batch_gives_one_history_per_sim_and_keeps_failures_apart(sb, hook):
 def test_batch_stops_on_refused_credentials(sb, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_M2M_BAD", sb.conn_env()["AIRFLOW_CONN_M2M_DEFAULT"].replace("pw-", "wrong-"))
     with pytest.raises(AuthenticationError, match="m2m_bad"):
-        asyncio.run(M2mHook("m2m_bad").aquery_sms_mt_details_many(sb.fleet.iccids[:50], max_workers=2))
+        asyncio.run(M2mHook("m2m_bad").aquery_sms_histories(sb.fleet.iccids[:50], max_workers=2))
     assert sb.stats()["requests"] < 50
 
 
@@ -203,9 +203,9 @@ def test_500_pending_messages_stay_within_the_request_budget(sb, hook, monkeypat
     rounds: list[list[str]] = []
 
     class CountingHook(M2mHook):  # real HTTP; only counts what each round asks
-        async def aquery_sms_mt_details_many(self, iccids, lastx=1, max_workers=None):
+        async def aquery_sms_histories(self, iccids, lastx=1, max_workers=None):
             rounds.append(list(iccids))
-            return await super().aquery_sms_mt_details_many(iccids, lastx, max_workers)
+            return await super().aquery_sms_histories(iccids, lastx, max_workers)
 
     monkeypatch.setattr(triggers, "M2mHook", CountingHook)
     budget, interval, wait = 100, 0.3, 3.0

@@ -16,10 +16,13 @@ from lxml import etree
 from stdnum import luhn
 
 from airflow_provider_m2m.sandbox import (
+    DOCUMENTATION_SWAPS,
     EDGE_CASES,
     SANDBOX_CREDENTIALS,
     Fleet,
+    RemoteSandbox,
     Sandbox,
+    SandboxControls,
 )
 from airflow_provider_m2m.sandbox.fleet import REGISTRATION_NOTE, luhn_digit
 
@@ -522,3 +525,83 @@ def test_cli_self_check_and_write_fleet(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(path.open()))
     assert [row["iccid"] for row in rows] == Fleet(25, seed=1).iccids
+
+
+# ---------------------------------------------------------------------- documented numbers, one interface
+def test_daraja_documentation_number_is_answered(sb, http):
+    """The Daraja documentation's example request (and the README's) gets an answer from any fleet."""
+    assert DOCUMENTATION_SWAPS["254722000000"].msisdn not in sb.fleet.swaps
+    r = check(http, sb, "254722000000", token(http, sb))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["customerNumber"] == "254722000000" and body["imsi"] == "9233817055099406"
+    assert body["lastSwapDate"].startswith("01-01-1900") and body["msisdnRegistrationDate"] == "01-03-2022"
+    assert sb.stats()["checks_per_msisdn"] == {"254722000000": 1}
+
+
+def test_reason_phrases_come_from_http_status(sb, http):
+    iccid = sb.fleet.sims[1].iccid
+    for kind, phrase in (("502", "Bad Gateway"), ("503", "Service Unavailable"), ("429", "Too Many Requests")):
+        sb.inject(kind, count=1)
+        r = m2m(http, sb, "query_imei", f"<iccid>{iccid}</iccid>")
+        assert (r.status_code, r.reason) == (int(kind), phrase)
+    sb.inject("504", count=1, platform="daraja")
+    r = http.get(sb.url + "/oauth/v1/generate?grant_type=client_credentials")
+    assert (r.status_code, r.reason, r.json()["errorMessage"]) == (504, "Gateway Timeout", "Gateway Timeout")
+    r = http.post(sb.url + "/_sandbox/stats", timeout=5)
+    assert (r.status_code, r.reason, r.headers["Allow"]) == (405, "Method Not Allowed", "GET")
+
+
+def test_spawn_takes_the_same_options_as_sandbox():
+    """``Sandbox.spawn`` cannot drift from ``Sandbox``: its options are bound against ``Sandbox``'s signature."""
+    rs = Sandbox.spawn(12, 0.0, 0, 3, ANCHOR)  # by position, as Sandbox(12, 0.0, 0, 3, ANCHOR) takes them
+    assert rs.proc is None and rs.fleet.iccids == Fleet(12, seed=3, anchor=ANCHOR).iccids
+    assert RemoteSandbox(Fleet(5, seed=9, anchor=ANCHOR)).fleet.iccids == Fleet(5, seed=9).iccids
+    with pytest.raises(TypeError, match="unknown sandbox options: \\['latncy'\\]"):
+        Sandbox.spawn(fleet=10, latncy=0.05)
+    with pytest.raises(TypeError):
+        Sandbox.spawn(10, 0.0, 0, 0, None, 5.0)  # rate_limit is keyword-only, as in Sandbox
+
+
+def test_spawn_honours_every_option_and_reports_tokens(http):
+    with Sandbox.spawn(
+        fleet=20, anchor=ANCHOR, sms_delivery_delay=0.0, host="127.0.0.1", daraja_secret="spawned-secret"
+    ) as rs:
+        assert isinstance(rs, SandboxControls) and rs.url.startswith("http://127.0.0.1:")
+        assert rs.credentials["daraja_secret"] == "spawned-secret"
+        iccid = rs.fleet.sms_edge_cases["delivered"]
+        root = parse(send(http, rs, iccid, "hello"))
+        uid = root.findtext("sms_uid")
+        details = parse(m2m(http, rs, "query_sms_mt_details", f"<iccid>{iccid}</iccid>"))
+        assert (details.findtext("sms/sms_uid"), details.findtext("sms/status")) == (uid, "delivered")
+        r = http.get(
+            rs.url + "/oauth/v1/generate",
+            params={"grant_type": "client_credentials"},
+            auth=(C["daraja_key"], "spawned-secret"),
+            timeout=5,
+        )
+        assert rs.issued_tokens() == [r.json()["access_token"]]
+        rs.configure(m2m_password="changed")
+        assert rs.credentials["m2m_password"] == "changed"
+        assert '"password": "changed"' in rs.conn_env()["AIRFLOW_CONN_M2M_DEFAULT"]
+
+
+def test_reset_while_a_request_is_in_flight(sb, http):
+    """A slow request from before a reset leaves afterwards: the gauge stays true and the cleared log stays clear."""
+    sb.inject("slow", count=1, slow_seconds=0.5)
+    iccid = sb.fleet.iccids[3]
+    codes = []
+
+    def query() -> None:
+        codes.append(m2m(http, sb, "query_imei", f"<iccid>{iccid}</iccid>").status_code)
+
+    t = threading.Thread(target=query)
+    t.start()
+    deadline = time.monotonic() + 5
+    while sb.stats()["in_flight"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sb.reset()
+    assert sb.stats()["in_flight"] == 1  # still being served
+    t.join(5)
+    st = sb.stats()
+    assert codes == [200] and st["in_flight"] == 0 and st["requests"] == 0 and sb.received() == []

@@ -125,3 +125,20 @@ def test_imeisv_to_imei_is_always_15_luhn_valid_digits(imeisv):
     assert result.isdigit()
     assert result[:14] == imeisv[:14]
     assert luhn.is_valid(result)
+
+
+# ---------------------------------------------------------------------------------------------- list arguments
+def test_list_arguments_take_any_iterable_but_never_a_mapping_or_bytes():
+    a, b = "8925401000000000012", "8925401000000000013"
+    assert iccid.validate_many(n for n in (a, b)) == [a, b]
+    assert sorted(iccid.validate_many({a, b})) == [a, b]
+    with pytest.raises(InvalidRequestError, match=r"^iccids: must be a string or a list of strings, not dict$"):
+        iccid.validate_many({a: 1})
+    with pytest.raises(InvalidRequestError, match=r"^iccids: must be a string or a list of strings, not bytes$"):
+        iccid.validate_many(a.encode())
+
+
+def test_a_rendered_list_keeps_each_items_position_in_errors():
+    with pytest.raises(InvalidRequestError, match=r"^iccids\[1\]: an ICCID has 18 to 22 digits") as info:
+        iccid.validate_many("['8925401000000000012', '123']")
+    assert info.value.field == "iccids[1]"

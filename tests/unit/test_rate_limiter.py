@@ -7,27 +7,13 @@ import pytest
 from airflow_provider_m2m.transport import RateLimiter
 
 
-def test_default_is_evenly_spaced_without_a_burst():
+def test_sends_are_evenly_spaced_never_a_burst():
     limiter = RateLimiter(200)
     waits = [limiter.reserve() for _ in range(5)]
     assert waits[0] <= 0.001
     # the n-th request may go at n/rate: never two at once, however many are asked for together
     for n, wait in enumerate(waits):
         assert wait == pytest.approx(n / 200, abs=0.003)
-
-
-def test_explicit_burst_still_allowed():
-    limiter = RateLimiter(100, burst=3)
-    waits = [limiter.reserve() for _ in range(4)]
-    assert all(w <= 0.005 for w in waits[:3])
-    assert waits[3] == pytest.approx(0.01, abs=0.004)
-
-
-def test_burst_below_one_means_one():
-    limiter = RateLimiter(100, burst=0.2)
-    waits = [limiter.reserve() for _ in range(2)]
-    assert waits[0] <= 0.001
-    assert waits[1] == pytest.approx(0.01, abs=0.003)
 
 
 def test_after_a_pause_sends_resume_evenly_spaced():

@@ -91,7 +91,7 @@ def clock(monkeypatch):
 
 
 def test_rate_limiter_holds_the_rate_over_many_reserves(clock):
-    limiter = RateLimiter(50, burst=1)
+    limiter = RateLimiter(50)
     sent = []
     for _ in range(500):  # callers that sleep as told, back to back
         clock.sleep(limiter.reserve())
@@ -105,18 +105,9 @@ def test_rate_limiter_holds_the_rate_over_many_reserves(clock):
 
 
 def test_rate_limiter_reservations_made_at_once_are_spread(clock):
-    limiter = RateLimiter(20, burst=1)
+    limiter = RateLimiter(20)
     waits = [limiter.reserve() for _ in range(100)]  # 100 concurrent callers reserve at the same instant
     assert waits == pytest.approx([i / 20 for i in range(100)])
-
-
-def test_rate_limiter_burst_allows_that_many_at_once(clock):
-    limiter = RateLimiter(10, burst=5)
-    waits = [limiter.reserve() for _ in range(7)]
-    assert waits[:5] == pytest.approx([0.0] * 5, abs=1e-9)
-    assert waits[5:] == pytest.approx([0.1, 0.2])
-    clock.now += 10  # a quiet spell refills the burst
-    assert [limiter.reserve() for _ in range(5)] == pytest.approx([0.0] * 5, abs=1e-9)
 
 
 def test_rate_limiter_unlimited_and_pause(clock):
@@ -133,12 +124,12 @@ def test_rate_limiter_unlimited_and_pause(clock):
 
 
 # ---------------------------------------------------------------------------------------------- Attempts
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
 def test_transient_statuses_are_not_final(status):
     assert not Attempts(FAST, "x", LOG).is_final(reply(status))
 
 
-@pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 500])
+@pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 409, 422, 500])
 def test_other_statuses_are_final(status):
     assert Attempts(FAST, "x", LOG).is_final(reply(status))
 
@@ -169,6 +160,7 @@ def test_idempotent_calls_retry_every_transient_failure(failure, caplog):
 @pytest.mark.parametrize(
     ("failure", "reason"),
     [
+        (reply(408), "HTTP 408"),
         (reply(429), "HTTP 429"),
         (reply(503), "HTTP 503"),
         (SendError("connection failed", reached_server=False), "connection failed"),
@@ -245,7 +237,7 @@ def test_an_oversized_answer_is_refused_at_once_not_retried():
         raise transport.BodyTooLargeError
 
     with pytest.raises(ProtocolError, match="larger than 1048576 bytes; refused"):
-        transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: r, RateLimiter(None))
+        transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: r)
     assert len(sends) == 1
 
 
@@ -259,7 +251,20 @@ def test_an_unreadable_answer_to_a_query_is_retried_then_accepted():
         return answer
 
     interpret_calls = []
-    result = transport.call_sync(
-        Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status, RateLimiter(None)
-    )
+    result = transport.call_sync(Attempts(FAST, "x", LOG), send, lambda r: interpret_calls.append(r) or r.status)
     assert result == 200 and len(interpret_calls) == 1 and not answers
+
+
+def test_a_failed_tls_handshake_is_raised_at_once_not_retried():
+    attempts = Attempts(FAST, "query_imei 8925", LOG, where=" at https://h:1")
+    handshake = SendError("TLS handshake failed (WRONG_VERSION_NUMBER)", reached_server=False, retryable=False)
+    with pytest.raises(SendError) as info:
+        attempts.wait_after(handshake)
+    assert info.value is handshake and attempts.count == 1
+
+
+def test_a_network_failure_says_where_it_happened(caplog):
+    attempts = Attempts(FAST, "query_imei 8925", LOG, where=" at https://h:1")
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        attempts.wait_after(SendError("connection failed", reached_server=False))
+    assert "(attempt 2): connection failed at https://h:1" in caplog.text
