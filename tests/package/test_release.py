@@ -40,7 +40,7 @@ def dist() -> Path:
 
 def test_wheel_and_sdist_pass_twine_check(dist):
     files = sorted(dist.iterdir())
-    assert [f.suffix for f in files] == [".gz", ".whl"], files
+    assert sorted(f.suffix for f in files) == [".gz", ".whl"], files
     out = _run(sys.executable, "-m", "twine", "check", "--strict", *map(str, files))
     assert out.count("PASSED") == 2, out
 
