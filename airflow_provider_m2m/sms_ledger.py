@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.sdk.execution_time.context import NEVER_EXPIRE
-
 
 class SmsLedger:
     """
@@ -47,4 +45,7 @@ class SmsLedger:
         if self._store is None:
             self._memory[chunk] = dict(states)
         else:
+            # Imported here: a store exists only on Airflow 3.3+, where this name exists too.
+            from airflow.sdk.execution_time.context import NEVER_EXPIRE
+
             self._store.set(f"sms:{chunk}", states, retention=NEVER_EXPIRE)
