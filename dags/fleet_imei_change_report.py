@@ -124,10 +124,10 @@ with DAG(
         import json
 
         from airflow.sdk import ObjectStoragePath
-        from airflow_provider_m2m.version_compat import AirflowFailException
 
         from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
         from airflow_provider_m2m.files import report_folder
+        from airflow_provider_m2m.version_compat import AirflowFailException
 
         audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
         folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
