@@ -1,16 +1,27 @@
 # The two commands a newcomer types: `make demo` and `make test`. Everything else is set up on demand.
 PYTHON ?= python3
+# `make test AIRFLOW_VERSION=3.1.8` runs the suite on another supported Airflow, in its own venv
+# (.venv-3.1.8); the default version keeps the plain .venv that `make demo` and `make test` use.
+DEFAULT_AIRFLOW_VERSION := 3.3.2
+AIRFLOW_VERSION ?= $(DEFAULT_AIRFLOW_VERSION)
+ifeq ($(AIRFLOW_VERSION),$(DEFAULT_AIRFLOW_VERSION))
 VENV := .venv
+else
+VENV := .venv-$(AIRFLOW_VERSION)
+endif
+# Pins a version needs on top of its own requirements (constraints/airflow-<version>.txt), when there are any.
+CONSTRAINTS := $(wildcard constraints/airflow-$(AIRFLOW_VERSION).txt)
+PIN := 'apache-airflow==$(AIRFLOW_VERSION)' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_STAMP := $(VENV)/.installed-ui
 
-.PHONY: test test-ui chromium demo bench lint clean
+.PHONY: test test-ui test-package chromium demo bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(PIN)
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -19,10 +30,15 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# The release files (tests/package): build the wheel and sdist, twine check, install the wheel into a clean venv
+# and ask that venv's `airflow providers` about it. Dependencies come from pip's cache after the first run.
+test-package: $(STAMP)
+	$(BIN)/python -m pytest tests/package -v
+
 # Browser tests of the UI (tests/ui): a real Airflow + headless Debian Chromium driven by Playwright.
 # Playwright never downloads a browser of its own; Debian's chromium is installed when missing.
 $(UI_STAMP): $(STAMP)
-	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pip install --quiet -e '.[test,ui]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pip install --quiet -e '.[test,ui]' $(PIN)
 	touch $(UI_STAMP)
 
 chromium:
@@ -43,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache ui-screenshots
+	rm -rf .venv .venv-* .airflow .pytest_cache ui-screenshots

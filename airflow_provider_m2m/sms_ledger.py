@@ -71,6 +71,7 @@ class SmsLedger:
         if self._store is None:
             self._memory[window] = dict(states)
             return
+        # Imported here: a store exists only on Airflow 3.3+, where this name exists too.
         from airflow.sdk.execution_time.context import NEVER_EXPIRE
 
         self._timed(self._store.set, f"sms:{window}", states, retention=NEVER_EXPIRE)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
+from airflow_provider_m2m.version_compat import AirflowFailException
 
 
 @contextmanager

@@ -226,15 +226,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> fl
 
 
 def _run_mapped_dag(args: argparse.Namespace, home: Path) -> dict:
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
+
+    from airflow_provider_m2m.version_compat import dag_bag
 
     with Sandbox.spawn(fleet=args.sims, latency=args.latency) as sb:
         os.environ.update(_conn_env(sb))
         target = home / "dags" / "bench_one_task_per_sim.py"
         target.write_text(textwrap.dedent(_MAPPED_DAG.format(iccids=sb.fleet.iccids)))
         t0 = time.perf_counter()
-        bag = DagBag(dag_folder=str(target))
+        bag = dag_bag(str(target))
         if bag.import_errors:
             raise SystemExit(f"DAG import errors: {bag.import_errors}")
         dag = bag.get_dag("bench_one_task_per_sim")

@@ -36,10 +36,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_m2m.audit import STATUSES
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator
+from airflow_provider_m2m.version_compat import CronDataIntervalTimetable
 
 SAMPLE_FLEET = (Path(__file__).parent / "data" / "sample_fleet.csv").as_uri()
 REPORT_ASSET = Asset(name="fleet_imei_change_report")
@@ -123,10 +124,10 @@ with DAG(
         import json
 
         from airflow.sdk import ObjectStoragePath
-        from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
         from airflow_provider_m2m.files import report_folder
+        from airflow_provider_m2m.version_compat import AirflowFailException
 
         audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
         folder = f"{audit}/{data_interval_start:%Y-%m-%d}"

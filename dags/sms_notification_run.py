@@ -121,11 +121,10 @@ with DAG(
     @task
     def validate_and_plan(params=None) -> list[list[str]]:
         """Validate every SIM and the message before anything is sent; cut the SIMs into batches."""
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_provider_m2m.exceptions import InvalidRequestError
         from airflow_provider_m2m.files import chunked, read_csv
         from airflow_provider_m2m.protocol import iccid, sms
+        from airflow_provider_m2m.version_compat import AirflowFailException
 
         try:
             numbers = list(params["iccids"] or [])

@@ -18,7 +18,14 @@ from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airf
 
 ROOT = Path(__file__).resolve().parent.parent
 _HOME = new_airflow_home()
-os.environ.update({**airflow_home_env(_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
+os.environ.update(
+    {
+        **airflow_home_env(_HOME),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # The OpenLineage provider is part of the test install; only tests/dags/test_lineage.py turns it on.
+        "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+    }
+)
 
 # The fleet's "last day" ends at today's midnight (UTC), so "swapped N days ago" stays true whatever the
 # date; tests take the expected changes from the sandbox fleet, never from hard-coded times.
@@ -84,14 +91,14 @@ def load_dag(folder: Path, source: str | Path, dag_id: str, name: str | None = N
     :param dag_id: the DAG to return.
     :param name: the file name (default: ``<dag_id>.py``).
     """
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_m2m.version_compat import dag_bag
 
     target = folder / (name or f"{dag_id}.py")
     if isinstance(source, Path):
         shutil.copy(source, target)
     else:
         target.write_text(source)
-    bag = DagBag(dag_folder=str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
+    bag = dag_bag(str(target))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)
 

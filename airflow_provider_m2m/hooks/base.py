@@ -12,12 +12,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import requests
 from airflow.sdk import BaseHook
-from airflow.sdk.log import amask_secret, mask_secret
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_m2m import batches, transport
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError, M2mProviderError
 from airflow_provider_m2m.transport import Attempts, RateLimiter, Reply, RetryPolicy
+from airflow_provider_m2m.version_compat import amask_secret, mask_secret
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -16,6 +16,7 @@ from airflow.sdk.log import mask_secret
 
 from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
+from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import daraja
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
@@ -93,6 +94,9 @@ class DarajaHook(PlatformHook):
     default_conn_name = "daraja_default"
     conn_type = "daraja"
     hook_name = "Safaricom Daraja"
+    # Airflow 3.1's UI builds the form from these two; 3.2+ reads provider info and never calls them.
+    get_connection_form_widgets = connection_forms.form_widgets
+    get_ui_field_behaviour = connection_forms.field_behaviour
 
     def __init__(self, daraja_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None) -> None:
         super().__init__(retry_policy=retry_policy)

@@ -15,6 +15,7 @@ from airflow_provider_m2m.exceptions import (
     OutcomeUnknownError,
     ProtocolError,
 )
+from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_insight, sim_status, sms
@@ -82,6 +83,9 @@ class M2mHook(PlatformHook):
     default_conn_name = "m2m_default"
     conn_type = "m2m"
     hook_name = "SIM Insight M2M"
+    # Airflow 3.1's UI builds the form from these two; 3.2+ reads provider info and never calls them.
+    get_connection_form_widgets = connection_forms.form_widgets
+    get_ui_field_behaviour = connection_forms.field_behaviour
 
     required_extras = {"api_id": "is required by SIM Insight"}
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.hooks.daraja import DarajaHook
+from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
 from airflow_provider_m2m.operators.arguments import as_int, as_workers
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.msisdn import masked
 from airflow_provider_m2m.task_failures import bad_input_fails_task
+from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -115,6 +115,12 @@ class CheckSimSwapOperator(BaseOperator):
                 raise AirflowSkipException(blocked)
             raise AirflowFailException(blocked)
         return rows
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: Daraja's IMSI check (``imsi/v1/checkATI``) in."""
+        from airflow_provider_m2m import lineage
+
+        return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, CHECK_PATH.lstrip("/"))])
 
     @staticmethod
     def _blocked(recent: list[str], unchecked: list[str], days: int) -> str:

@@ -8,7 +8,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.files import write_csv
@@ -20,6 +19,7 @@ from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.sms_ledger import SmsLedger
 from airflow_provider_m2m.sms_sending import Message, send_once_each
 from airflow_provider_m2m.task_failures import bad_input_fails_task
+from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -172,6 +172,13 @@ class QueryImeiOperator(BaseOperator):
                 continue
             yield record
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the platform's ``query_imei`` in; the CSV at ``output_uri`` out, when there is one."""
+        from airflow_provider_m2m import lineage
+
+        outputs = [lineage.file_dataset(self.output_uri)] if self.output_uri else []
+        return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, "query_imei")], outputs)
+
 
 class SendSmsOperator(BaseOperator):
     """
@@ -320,6 +327,12 @@ class SendSmsOperator(BaseOperator):
             f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed_bad}{more}. A retry resends only to "
             f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
         )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the messages go out to the platform's ``send_sms``."""
+        from airflow_provider_m2m import lineage
+
+        return lineage.operator_lineage(outputs=[lineage.platform_dataset(self.hook.base_url, "send_sms")])
 
 
 # Re-exported so every SIM Insight operator imports from this module (defined beside its own rules).

@@ -7,7 +7,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, M2mProviderError, OutcomeUnknownError
 from airflow_provider_m2m.hooks.m2m import M2mHook, SimStatus
@@ -15,6 +14,7 @@ from airflow_provider_m2m.operators.arguments import as_workers
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_status
 from airflow_provider_m2m.task_failures import bad_input_fails_task
+from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

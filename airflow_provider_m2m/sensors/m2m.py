@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_m2m.delivery import (
     POLL_RETRY_POLICY,
@@ -24,6 +23,7 @@ from airflow_provider_m2m.operators.arguments import as_int
 from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
 from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.triggers.m2m import SmsDeliveryTrigger
+from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -49,7 +49,8 @@ class SmsDeliverySensor(BaseSensorOperator):
     With ``deferrable=True`` (default: ``[operators] default_deferrable``) the sensor pokes once in the
     worker, then hands the waiting to the triggerer (:class:`~airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger`),
     so a thousand pending messages hold no worker slot. ``mode="reschedule"`` keeps what it learnt in the
-    task state store between pokes.
+    task state store between pokes; on Airflow 3.1 and 3.2, which have none, it runs as ``mode="poke"`` (with a
+    warning).
 
     Returns (XCom) one row per message: ``iccid``, ``sms_uid``, ``state`` (``delivered``, ``failed``,
     ``pending``, ``unknown`` for a status word the provider does not know, ``not_found``, ``unchecked``),
@@ -118,6 +119,11 @@ class SmsDeliverySensor(BaseSensorOperator):
         if skipped:
             self.log.info("%d rows were not sent (their outcome says so); not waiting for them", skipped)
         store = context.get("task_state_store")
+        if store is None and self.reschedule:
+            # Airflow before 3.3: nothing durable carries what one poke learnt to the next, and a reschedule
+            # that forgets would ask about the same first messages forever. Poking in place stays correct.
+            self.log.warning("No task state store on this Airflow: mode='reschedule' runs as mode='poke'")
+            self.mode = "poke"
         known = store.get(STATE_KEY) if store is not None and self.reschedule else None
         self._watch = DeliveryWatch(pairs, known if isinstance(known, list) else None)
         if not self._watch.deliveries:

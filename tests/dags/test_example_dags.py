@@ -52,9 +52,9 @@ def _one(tmp_path: Path, name: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- parsing
 def _dagbag(path: Path):
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_m2m.version_compat import dag_bag
 
-    return DagBag(dag_folder=str(path))
+    return dag_bag(str(path))
 
 
 def test_dagbag_imports_cleanly_and_fast():

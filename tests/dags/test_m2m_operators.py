@@ -8,10 +8,10 @@ import json
 from collections import Counter
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from conftest import ANCHOR, load_dag
 
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
+from airflow_provider_m2m.version_compat import AirflowFailException
 
 NOT_IN_FLEET = "8900000000000000000"
 DAY = dt.timedelta(days=1)

@@ -120,7 +120,6 @@ def test_nightly_recipe_sends_one_sms_per_moved_sim_and_counts_the_boundary_once
     assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night | second_night, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="needs SendSmsOperator's empty-list behaviour, not merged yet")
 def test_nightly_recipe_on_a_quiet_night_succeeds_sending_nothing(sb, nightly):
     """No SIM moved in the window: the run succeeds, the SMS task sends nothing and says so."""
     dag, conf, sims, rows_dir = nightly

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from conftest import load_dag
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
@@ -16,6 +15,7 @@ from airflow_provider_m2m.hooks.daraja import DarajaHook
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators.daraja import CheckSimSwapOperator
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
+from airflow_provider_m2m.version_compat import AirflowFailException
 
 GOOD_ICCID = "8925401000000000012"
 GOOD_TEXT = "Hello"

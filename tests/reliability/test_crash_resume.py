@@ -72,9 +72,9 @@ server = uvicorn.Server(uvicorn.Config(create_app(apps="execution"), host="127.0
 threading.Thread(target=server.run, daemon=True).start()
 while not server.started:
     time.sleep(0.05)
-from airflow.dag_processing.dagbag import DagBag
+from airflow_provider_m2m.version_compat import dag_bag
 
-dag = DagBag(dag_folder=sys.argv[1]).get_dag("crash_resume")
+dag = dag_bag(sys.argv[1]).get_dag("crash_resume")
 dr = dag.test(use_executor=True)
 tis = {ti.task_id: [ti.state, ti.try_number] for ti in dr.get_task_instances()}
 print("RESULT " + json.dumps({"state": dr.state, "tis": tis, "run_id": dr.run_id}), flush=True)

@@ -105,3 +105,39 @@ def test_s3_extra_brings_the_s3fs_filesystem():
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     (requirement,) = [Requirement(r) for r in project["optional-dependencies"]["s3"]]
     assert (requirement.name, requirement.extras) == ("apache-airflow-providers-amazon", {"s3fs"})
+
+
+_HOOK_META = """
+import json
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+print(json.dumps([m.model_dump(mode="json") for m in HookMetaService.hook_meta_data()]))
+"""
+
+
+@pytest.mark.airflow
+def test_the_ui_builds_both_connection_forms_on_this_airflow_version():
+    """
+    What the UI's connection page reads: 3.2+ from ``conn-fields``, 3.1 from the hooks' form methods.
+
+    Runs in a fresh interpreter as the API server does, so no provider state of this session leaks in.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", _HOOK_META], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    forms = {meta["connection_type"]: meta for meta in json.loads(result.stdout.splitlines()[-1])}
+    for declared in airflow_provider_m2m.get_provider_info()["connection-types"]:
+        form = forms[declared["connection-type"]]
+        behaviour = declared["ui-field-behaviour"]
+        for field, title in behaviour["relabeling"].items():
+            assert form["standard_fields"][field]["title"] == title
+            assert form["standard_fields"][field]["placeholder"] == behaviour["placeholders"][field]
+        assert form["standard_fields"]["port"]["hidden"] is True
+        extras = form["extra_fields"]
+        assert set(extras) == set(declared["conn-fields"])
+        for name, field in declared["conn-fields"].items():
+            assert extras[name]["schema"]["title"] == field["label"]
+            assert extras[name]["description"] == field["description"]
+            declared_types = field["schema"]["type"]
+            if "boolean" in declared_types:  # a checkbox on every version
+                assert "boolean" in extras[name]["schema"]["type"]

@@ -1,0 +1,71 @@
+"""
+What differs between the Airflow versions this provider supports (3.1, 3.2, 3.3), in one place.
+
+Each name is the newest Airflow's own where it exists; each fallback says why it is safe. The README's
+"Supported Airflow versions" section lists what a user sees differ on each version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.log import mask_secret
+
+try:
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+    )
+except ImportError:  # Airflow 3.1: the task exceptions live in airflow.exceptions (deprecated there from 3.2)
+    from airflow.exceptions import (  # type: ignore[no-redef]
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+    )
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 3.1: timetables are not in the task SDK yet
+    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[no-redef]
+
+try:
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.1: the task SDK does not re-export the configuration yet
+    from airflow.configuration import conf  # type: ignore[no-redef]
+
+try:
+    from airflow.sdk.log import amask_secret
+except ImportError:  # before Airflow 3.3 there is no async variant, and the sync one is documented safe in a coroutine
+
+    async def amask_secret(secret: Any, name: str | None = None) -> None:
+        """Register ``secret`` with the secret masker from a coroutine (a trigger)."""
+        mask_secret(secret, name)
+
+
+def dag_bag(dag_folder: str) -> Any:
+    """
+    Parse ``dag_folder`` (a folder or one file) as the DAG processor does; for tests, demos and benchmarks.
+
+    :param dag_folder: the folder or file to parse.
+    """
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1: DagBag still lives in airflow.models
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    return DagBag(dag_folder=dag_folder)
+
+
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "CronDataIntervalTimetable",
+    "amask_secret",
+    "conf",
+    "dag_bag",
+    "mask_secret",
+]
