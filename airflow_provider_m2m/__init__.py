@@ -54,7 +54,14 @@ def get_provider_info() -> dict:
             {"integration-name": "Safaricom Daraja", "python-modules": ["airflow_provider_m2m.hooks.daraja"]},
         ],
         "operators": [
-            {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.operators.m2m"]},
+            {
+                "integration-name": "SIM Insight M2M",
+                "python-modules": [
+                    "airflow_provider_m2m.operators.m2m",
+                    "airflow_provider_m2m.operators.sim_status",
+                    "airflow_provider_m2m.operators.approval",
+                ],
+            },
             {
                 "integration-name": "Safaricom Daraja",
                 "python-modules": ["airflow_provider_m2m.operators.daraja"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -17,16 +17,27 @@ from airflow_provider_m2m.exceptions import (
 )
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import iccid as iccid_rules
-from airflow_provider_m2m.protocol import sim_insight, sms
+from airflow_provider_m2m.protocol import sim_insight, sim_status, sms
 from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
+from airflow_provider_m2m.protocol.sim_status import SimStatus, StatusChange, UsageRecord
 from airflow_provider_m2m.transport import Reply, RetryPolicy
 
-__all__ = ["ImeiRecord", "M2mHook", "SmsDetails", "SmsHistory", "SmsReceipt"]
+__all__ = [
+    "ImeiRecord",
+    "M2mHook",
+    "SimStatus",
+    "SmsDetails",
+    "SmsHistory",
+    "SmsReceipt",
+    "StatusChange",
+    "UsageRecord",
+]
 
 # test_connection() asks about this syntactically valid ICCID unless the connection names a real one:
 # "invalid iccid" then proves the credentials were accepted, "authentication failed" that they were not.
 PROBE_ICCID = "8900000000000000000"
+T = TypeVar("T")
 _HEADERS = {"Content-Type": sim_insight.CONTENT_TYPE, "Accept": sim_insight.CONTENT_TYPE}
 
 
@@ -42,6 +53,10 @@ def _imei_error(number: str, error: str) -> ImeiRecord:
 
 def _history_error(number: str, error: str) -> SmsHistory:
     return SmsHistory(number, error=error)
+
+
+def _status_error(number: str, error: str) -> SimStatus:
+    return SimStatus(iccid=number, error=error)
 
 
 class M2mHook(PlatformHook):
@@ -164,16 +179,26 @@ class M2mHook(PlatformHook):
         return await self.agather_concurrently(numbers, self._query_imei, _imei_error, max_workers)
 
     async def _query_imei(self, client: aiohttp.ClientSession, number: str) -> ImeiRecord:
+        return await self._query_sim(client, "query_imei", number, sim_insight.imei_record)
+
+    async def _query_sim(
+        self,
+        client: aiohttp.ClientSession,
+        command: str,
+        number: str,
+        record: Callable[[str, dict[str, str | None]], T],
+    ) -> T:
+        """One per-SIM query of a batch (``query_imei``, ``query_status``): its answer as ``record(iccid, fields)``."""
         fields = await self.arequest(
             client,
             "POST",
             self.base_url,
-            self._interpret("query_imei"),
-            what=f"query_imei {number}",
-            data=self._body("query_imei", [("iccid", number)]),
+            self._interpret(command),
+            what=f"{command} {number}",
+            data=self._body(command, [("iccid", number)]),
             headers=_HEADERS,
         )
-        return sim_insight.imei_record(number, fields)
+        return record(number, fields)
 
     def send_sms(
         self,
@@ -306,3 +331,71 @@ class M2mHook(PlatformHook):
                 raise
             return f"Credentials accepted (the probe query answered: {exc.description})"
         return f"Credentials accepted; SIM {record.iccid} is in device {record.current_imei or 'unknown'}"
+
+    # ------------------------------------------------------------------ SIM status and usage
+    def query_status(self, iccid: str) -> SimStatus:
+        """
+        The SIM's status: ``active``, ``deactivated`` or ``closed`` (permanent: make no further calls for it).
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_status", [("iccid", number)], what=f"query_status {number}")
+        return sim_status.sim_status(number, fields)
+
+    def query_statuses(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> Iterator[SimStatus]:
+        """
+        :meth:`query_status` for many SIMs with bounded concurrency, like :meth:`query_imeis`: one record per
+        input ICCID as they complete; a SIM whose query failed has ``.error`` set and ``status`` None.
+
+        :param iccids: the ICCIDs (as for :meth:`query_imeis`); all validated before anything is sent.
+        :param max_workers: calls in flight at once (default 16).
+        """
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return self.map_concurrently(
+            numbers, self._query_status, _status_error, max_workers, async_twin="aquery_statuses"
+        )
+
+    async def aquery_statuses(self, iccids: Iterable[str] | str, max_workers: int | None = None) -> list[SimStatus]:
+        """The coroutine twin of :meth:`query_statuses`, for a running event loop: every record, as they came."""
+        numbers = iccid_rules.validate_many(iccids, allow_empty=True)
+        return await self.agather_concurrently(numbers, self._query_status, _status_error, max_workers)
+
+    async def _query_status(self, client: aiohttp.ClientSession, number: str) -> SimStatus:
+        return await self._query_sim(client, "query_status", number, sim_status.sim_status)
+
+    def set_status(self, iccid: str, status: str) -> StatusChange:
+        """
+        Activate or deactivate a SIM (``set_status``): a command, carried out at once by the platform.
+
+        Both arguments are validated before anything is sent. The request carries the platform's own
+        spelling (``de-activated``). Like an SMS it is never retried once it may have reached the platform:
+        :class:`~airflow_provider_m2m.exceptions.OutcomeUnknownError` is raised instead, and the caller reads
+        the status back (:meth:`query_status`) to settle it.
+
+        :param iccid: the SIM's ICCID.
+        :param status: ``active`` or ``deactivated`` (any case). ``closed`` cannot be set.
+        :raises M2mApiError: the platform refused (e.g. ``invalid iccid``, ``invalid content``).
+        """
+        number = iccid_rules.validate(iccid)
+        target = sim_status.validate_target(status)
+        word = sim_status.set_status_word(target)
+        self.call(
+            "set_status", [("iccid", number), ("status", word)], what=f"set_status {number} {word}", idempotent=False
+        )
+        return StatusChange(iccid=number, status=target)
+
+    def query_usage(self, iccid: str) -> UsageRecord:
+        """
+        The SIM's usage this calendar month: data (MB), chargeable SMS, voice minutes.
+
+        The platform's figures lag by a few hours and the call fans out to partner networks, which may
+        rate-limit it: ask once a day, not in a polling loop.
+
+        :param iccid: the SIM's ICCID.
+        :raises M2mApiError: the platform answered failure (e.g. ``invalid iccid``).
+        """
+        number = iccid_rules.validate(iccid)
+        fields = self.call("query_usage", [("iccid", number)], what=f"query_usage {number}")
+        return sim_status.usage_record(number, fields)

@@ -267,3 +267,9 @@ class SendSmsOperator(BaseOperator):
         except M2mProviderError as exc:
             return {**row, "outcome": "failed", "error": str(exc)}, None  # refused: certainly not sent
         return {**row, "sms_uid": receipt.sms_uid or uid}, "sent"
+
+
+# Re-exported so every SIM Insight operator imports from this module (defined beside its own rules).
+from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator  # noqa: E402
+
+__all__ = ["QueryImeiOperator", "SendSmsOperator", "SetSimStatusOperator"]

@@ -4,7 +4,8 @@ A local SIM Insight + Safaricom Daraja server for demos, tests and benchmarks.
 One real HTTP server on 127.0.0.1 imitates both platforms (stdlib + lxml, no Airflow):
 
 * SIM Insight: ``POST /`` (any path not under ``/oauth``, ``/imsi`` or ``/_sandbox``), XML commands
-  ``query_imei``, ``send_sms`` and ``query_sms_mt_details``.
+  ``query_imei``, ``send_sms``, ``query_sms_mt_details``, ``query_status``, ``set_status`` and
+  ``query_usage``.
 * Daraja: ``GET /oauth/v1/generate?grant_type=client_credentials`` and ``POST /imsi/v1/checkATI``.
 * Control API (not counted, delayed, limited or faulted): ``GET /_sandbox/stats``,
   ``GET /_sandbox/received?command=...``, ``GET /_sandbox/issued_tokens``, ``GET /_sandbox/credentials``,

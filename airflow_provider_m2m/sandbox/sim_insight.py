@@ -26,6 +26,7 @@ from typing import Any
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 from lxml import etree
 
+from . import sim_status
 from .messages import XML_CT, Reply, Request
 from .state import SandboxState, random_alnum
 
@@ -269,4 +270,5 @@ COMMANDS: dict[str, Callable[[SandboxState, etree._Element, dict[str, Any]], tup
     "query_imei": query_imei,
     "send_sms": send_sms,
     "query_sms_mt_details": query_sms_mt_details,
+    **sim_status.HANDLERS,  # query_status, set_status, query_usage
 }

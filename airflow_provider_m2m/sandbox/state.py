@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .fleet import Fleet
+from .sim_status import SimStatuses
 
 SANDBOX_CREDENTIALS: dict[str, str] = {
     "m2m_username": "sandbox-user",
@@ -203,6 +204,7 @@ class SandboxState:
     def _clear(self) -> None:
         self.faults: list[Fault] = []
         self.sms: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.statuses = SimStatuses(self.fleet.seed, self.fleet.by_iccid)
         self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=200_000)
         self.c_requests = 0
         self.c_by_command: collections.Counter[str] = collections.Counter()

@@ -28,6 +28,7 @@ DAG_FILES = {
     "fleet_imei_change_report": DAGS / "fleet_imei_change_report.py",
     "sms_notification_run": DAGS / "sms_notification_run.py",
     "sim_swap_screening": DAGS / "sim_swap_screening.py",
+    "quarantine_moved_sims": DAGS / "quarantine_moved_sims.py",
 }
 INTERVAL_START, INTERVAL_END = ANCHOR - dt.timedelta(days=1), ANCHOR
 

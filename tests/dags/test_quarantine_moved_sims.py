@@ -1,0 +1,200 @@
+"""
+The ``quarantine_moved_sims`` example DAG under ``dag.test()``, its approval answered the way a person's is:
+through Airflow's public REST API (the api-server app, in this process, on the same metadata DB), or left
+unanswered until the scheduler's own timeout sweep resolves it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, load_dag
+from test_m2m_operators import states, xcom
+
+DAG_FILE = ROOT / "dags" / "quarantine_moved_sims.py"
+DAG_ID = "quarantine_moved_sims"
+REVIEWER, REVIEWER_PASSWORD = "reviewer", "reviewer-password"
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture
+def api(airflow_db, tmp_path, monkeypatch):
+    """A client of the api-server's public API, logged in as the user ``reviewer``."""
+    from fastapi.testclient import TestClient
+
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({REVIEWER: REVIEWER_PASSWORD}))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{REVIEWER}:admin")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    from airflow.api_fastapi.app import create_app
+
+    client = TestClient(create_app(apps="core"))
+    answer = client.post("/auth/token", json={"username": REVIEWER, "password": REVIEWER_PASSWORD})
+    assert answer.status_code == 201, answer.text
+    client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return client
+
+
+def write_report(path: Path, sb, sims: list[str]) -> str:
+    """A night's imei_changes.csv as fleet_imei_change_report writes it: changed SIMs, then a failed one."""
+    columns = ["iccid", "asset_name", "status", "current_imei", "previous_imei", "last_change", "error"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        out = csv.DictWriter(fh, columns)
+        out.writeheader()
+        for n, iccid in enumerate(sims):
+            sim = sb.fleet.by_iccid[iccid]
+            out.writerow(
+                {
+                    "iccid": iccid,
+                    "asset_name": f"pump-{n:03d}",
+                    "status": "changed",
+                    "current_imei": sim.normalized_imei,
+                    "previous_imei": sim.previous_imei,
+                    "last_change": sim.last_change.isoformat() if sim.last_change else "",
+                }
+            )
+        out.writerow({"iccid": sb.fleet.iccids[-1], "status": "failed", "error": "query failed"})
+    return path.as_uri()
+
+
+class Reviewer(threading.Thread):
+    """Waits for the approval request, checks what it shows, then answers it through the public API."""
+
+    def __init__(self, api, answer: dict | None, timeout: float = 120) -> None:
+        super().__init__(daemon=True)
+        self.api, self.answer, self.timeout = api, answer, timeout
+        self.request: dict | None = None
+        self.status: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + self.timeout
+            while self.request is None and time.monotonic() < deadline:
+                found = self.api.get(
+                    f"/api/v2/dags/{DAG_ID}/dagRuns/~/hitlDetails", params={"response_received": False}
+                )
+                details = found.json()["hitl_details"] if found.status_code == 200 else []
+                self.request = details[0] if details else None
+                time.sleep(0.5)
+            if self.request is None or self.answer is None:
+                return
+            ti = self.request["task_instance"]
+            path = f"/api/v2/dags/{DAG_ID}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/-1/hitlDetails"
+            self.status = self.api.patch(path, json=self.answer).status_code
+        except BaseException as exc:  # reported by the test on the main thread
+            self.error = exc
+
+
+def run_dag(dags_folder, report_uri: str, reviewer: Reviewer, source: str | None = None):
+    dag = load_dag(dags_folder, source or DAG_FILE.read_text(), DAG_ID)
+    reviewer.start()
+    dr = dag.test(run_conf={"report_csv": report_uri})
+    reviewer.join(5)
+    assert reviewer.error is None, reviewer.error
+    return dr
+
+
+def actions(report_uri: str) -> dict:
+    return json.loads((Path(report_uri.removeprefix("file://")).parent / "quarantine_actions.json").read_text())
+
+
+def active_sims(sb, count: int) -> list[str]:
+    """Active SIMs that did change device (old and new IMEI and the time are known)."""
+    active = sb.state.statuses.with_status(sb.fleet.iccids, "active")
+    return [i for i in active if sb.fleet.by_iccid[i].previous_imei and sb.fleet.by_iccid[i].last_change][:count]
+
+
+def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):
+    sims = active_sims(sb, 3)
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
+    chosen = [sims[0], sims[2]]
+    reviewer = Reviewer(api, {"chosen_options": ["Approve"], "params_input": {"iccids": chosen}})
+    dr = run_dag(dags_folder, report, reviewer)
+
+    assert states(dr) == {
+        (t, -1): "success" for t in ("read_report", "approve_suspension", "suspend", "report_actions")
+    }
+    assert reviewer.status == 200
+    # What the person saw: every changed SIM with its asset, old -> new IMEI and time, and a choice of them.
+    body, offered = reviewer.request["body"], reviewer.request["params"]["iccids"]
+    for n, iccid in enumerate(sims):
+        sim = sb.fleet.by_iccid[iccid]
+        assert iccid in body and f"pump-{n:03d}" in body and sim.previous_imei in body and sim.normalized_imei in body
+        assert sim.last_change.isoformat() in body
+    assert sb.fleet.iccids[-1] not in body  # a failed query is not a finding
+    assert offered["schema"]["examples"] == sims and offered["value"] == []
+    assert sorted(reviewer.request["options"]) == ["Approve", "Reject"] and reviewer.request["defaults"] == ["Reject"]
+
+    assert [sb.state.statuses.get(i) for i in sims] == ["deactivated", "active", "deactivated"]
+    assert [e["iccid"] for e in sb.received("set_status")] == chosen
+    assert [row["outcome"] for row in xcom(dr, "suspend")] == ["changed", "changed"]
+    done = actions(report)
+    assert done["decision"] == f"Approve by {REVIEWER}" and done["approved"] == chosen
+    assert done["offered"] == sims and [row["iccid"] for row in done["outcomes"]] == chosen
+
+
+def test_reject_suspends_nothing(sb, dags_folder, tmp_path, api):
+    sims = active_sims(sb, 3)
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
+    reviewer = Reviewer(api, {"chosen_options": ["Reject"], "params_input": {"iccids": sims}})
+    dr = run_dag(dags_folder, report, reviewer)
+
+    assert reviewer.status == 200
+    assert states(dr)[("suspend", -1)] == "skipped" and states(dr)[("report_actions", -1)] == "success"
+    assert sb.received("set_status") == [] and all(sb.state.statuses.get(i) == "active" for i in sims)
+    done = actions(report)
+    assert done["decision"] == f"Reject by {REVIEWER}" and done["approved"] == [] and done["outcomes"] == []
+
+
+def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path, api):
+    """The scheduler's own sweep resolves a request past its deadline; ``dag.test()`` runs no scheduler."""
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+    sims = active_sims(sb, 2)
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
+    source = DAG_FILE.read_text().replace("dt.timedelta(hours=12)", "dt.timedelta(seconds=1)")
+    assert source != DAG_FILE.read_text()
+    reviewer = Reviewer(api, None)
+
+    finished, failures = threading.Event(), []
+
+    def sweep_like_the_scheduler() -> None:
+        while not finished.wait(0.5):
+            try:
+                SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
+            except Exception as exc:  # reported by the test on the main thread
+                failures.append(exc)
+                return
+
+    sweeper = threading.Thread(target=sweep_like_the_scheduler, daemon=True)
+    sweeper.start()
+    try:
+        dr = run_dag(dags_folder, report, reviewer, source)
+    finally:
+        finished.set()
+        sweeper.join(5)
+    assert failures == []
+
+    assert reviewer.request is not None  # the request was there, and nobody answered it
+    assert states(dr)[("suspend", -1)] == "skipped" and states(dr)[("report_actions", -1)] == "success"
+    assert sb.received() == [] and all(sb.state.statuses.get(i) == "active" for i in sims)
+    done = actions(report)
+    assert done["decision"] == "no answer before the timeout: nothing suspended" and done["approved"] == []
+
+
+def test_a_night_without_changes_asks_nobody_and_suspends_nothing(sb, dags_folder, tmp_path, api):
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, [])
+    reviewer = Reviewer(api, None, timeout=0)
+    dr = run_dag(dags_folder, report, reviewer)
+    assert set(states(dr).values()) == {"success"}
+    assert sb.received() == []
+    assert actions(report)["decision"] == "nothing to decide: no SIM changed device"
