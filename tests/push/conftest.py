@@ -1,7 +1,7 @@
 """
-One real Airflow api-server for the push tests (the whole session), serving the provider's push receiver.
+One real Airflow (api-server, scheduler, dag-processor) for the push tests' whole session, serving the receiver.
 
-It is started through the browser tests' launcher (``tests/ui/ui_airflow.py``) with only the api-server, in an
+It is started through the browser tests' launcher (``tests/ui/ui_airflow.py``), without the triggerer, in an
 Airflow home of its own whose SQLite DB the tests read to count the events.
 """
 
@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
 from ui_airflow import AirflowServer
 
 PASSPHRASE = "pp-Kd7LEAKCHECK-push"
+# The scheduler and dag-processor run the example DAG scheduled on the MO asset (device_replies).
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 
 class PushAirflow:
@@ -54,6 +56,6 @@ def push_airflow(tmp_path_factory) -> PushAirflow:
         "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         "AIRFLOW_CONN_M2M_PUSH_DEFAULT": json.dumps({"conn_type": "generic", "password": PASSPHRASE}),
     }
-    server = AirflowServer(tmp_path_factory.mktemp("push-airflow"), extra_env=env, components=("api-server",))
+    server = AirflowServer(tmp_path_factory.mktemp("push-airflow"), extra_env=env, components=COMPONENTS)
     with server:
         yield PushAirflow(server)

@@ -163,3 +163,28 @@ def test_api_server_killed_mid_push_then_restarted_loses_and_repeats_nothing(pus
     assert reports[0].posts > len(api_dids)  # some items were retried
     recorded = [extra["api_did"] for _, extra in push_airflow.events_of(ids(api_dids))]
     assert sorted(recorded) == sorted(ids(api_dids))
+
+
+def test_a_dag_scheduled_on_the_mo_asset_runs_and_reports_the_reply(push_airflow):
+    """Last in the file: device_replies is unpaused only here, so the bulk tests' events trigger no runs."""
+    server = push_airflow.server
+    server.wait_until(lambda: server.api("GET", "/api/v2/dags/device_replies")[0] == 200, 120, "device_replies parsed")
+    status, body = server.api("PATCH", "/api/v2/dags/device_replies", {"is_paused": False})
+    assert status == 200, body
+    (api_did,) = new_api_dids(1)
+    body = sandbox_push.mo_sms(api_did, ICCID, "254722000000", "battery low, reply from truck-0001", WHEN)
+    assert post(push_airflow, sandbox_push.with_passphrase(body, PASSPHRASE)).status_code == 200
+
+    def finished_run():
+        status, runs = server.api("GET", "/api/v2/dags/device_replies/dagRuns?run_type=asset_triggered")
+        done = [run for run in runs["dag_runs"] if run["state"] in ("success", "failed")] if status == 200 else []
+        return done[0] if done else None
+
+    run = server.wait_until(finished_run, 120, "a device_replies run", 1)
+    assert run["state"] == "success", server.tail("scheduler", 40)
+    (report,) = (server.home / "reports" / "device_replies").rglob("replies.csv")
+    lines = report.read_text("utf-8").splitlines()
+    assert lines[0] == "iccid,msisdn,timestamp,text,api_did"
+    assert (
+        f'{ICCID},254722000000,2026-10-09T16:28:15+00:00,"battery low, reply from truck-0001",{api_did:010d}' in lines
+    )
