@@ -10,6 +10,7 @@ Like the rest of the sandbox it imports nothing from the provider: the payloads 
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -106,6 +107,15 @@ class Pusher:
         self.duplicate_ratio = duplicate_ratio
         self._random = random.Random(seed)
         self._local = threading.local()
+        self._api_dids = itertools.count(int(time.time()) % 10**9)
+
+    def push_receipt(self, message: dict, msisdn: str) -> int:
+        """Push the delivery receipt of a message the sandbox settled (its ``sms_uid``, ``fate`` and time)."""
+        when = message["settles"].strftime("%d/%m/%Y %H:%M:%S")
+        body = delivery_receipt(
+            next(self._api_dids), message["iccid"], msisdn, message["sms_uid"], message["fate"], when
+        )
+        return self.deliver(body)
 
     def deliver(self, body: bytes, report: PushReport | None = None) -> int:
         """POST one item until it gets a final answer; return that HTTP status (0: attempts exhausted)."""

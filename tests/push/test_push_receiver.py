@@ -165,6 +165,34 @@ def test_api_server_killed_mid_push_then_restarted_loses_and_repeats_nothing(pus
     assert sorted(recorded) == sorted(ids(api_dids))
 
 
+def test_the_sandbox_pushes_a_receipt_of_each_message_it_settles(push_airflow, sb):
+    from airflow_provider_m2m.hooks.m2m import M2mHook
+
+    sb.configure(sms_delivery_delay=0.5)
+    sb.push_receipts_to(push_airflow.url, PASSPHRASE, retry_scale=0.01)
+    try:
+        fates = {fate: sb.fleet.sms_edge_cases[fate] for fate in ("delivered", "failed", "pending")}
+        hook = M2mHook()
+        sent = {fate: hook.send_sms(iccid, f"receipt test {fate}").sms_uid for fate, iccid in fates.items()}
+
+        def receipts():
+            found = {
+                extra["sms_uid"]: extra
+                for name, extra in push_airflow.events()
+                if name == "sim_insight_delivery_receipts" and extra["sms_uid"] in sent.values()
+            }
+            return found if len(found) >= 2 else None
+
+        found = push_airflow.server.wait_until(receipts, 30, "the receipts of two messages", 0.2)
+        time.sleep(1)  # a receipt for the pending message would have come by now
+    finally:
+        sb.push_receipts_to(None)
+    assert set(found) == {sent["delivered"], sent["failed"]}
+    for fate in ("delivered", "failed"):
+        receipt = found[sent[fate]]
+        assert (receipt["iccid"], receipt["status"]) == (fates[fate], fate)
+
+
 def test_a_dag_scheduled_on_the_mo_asset_runs_and_reports_the_reply(push_airflow):
     """Last in the file: device_replies is unpaused only here, so the bulk tests' events trigger no runs."""
     server = push_airflow.server
