@@ -27,6 +27,12 @@ _M2M_FIELDS = {
         "set it a little under the platform's limit. Empty: no limit.",
         "schema": {"type": ["number", "null"], "minimum": 0},
     },
+    "test_iccid": {
+        "label": "Test ICCID",
+        "description": "An ICCID of your fleet that \"Test connection\" queries (SIM Insight has no ping). Empty: a "
+        "placeholder ICCID, whose \"invalid iccid\" answer still proves the credentials were accepted.",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 

@@ -88,14 +88,26 @@ class DarajaApiError(M2mProviderError):
     :param error_code: Daraja's error code, e.g. ``404.001.03``.
     :param error_message: Daraja's error message.
     :param request_id: Daraja's request id, for support tickets.
+    :param number: the number the failed check was about, already masked (``*******0000``): numbers are
+        not secrets, but they are personal data, and exception text ends up in task logs, where the
+        operators show numbers masked too.
     """
 
     def __init__(
-        self, status: int, error_code: str | None, error_message: str | None, request_id: str | None = None
+        self,
+        status: int,
+        error_code: str | None,
+        error_message: str | None,
+        request_id: str | None = None,
+        number: str | None = None,
     ) -> None:
         self.status = status
         self.error_code = error_code
         self.error_message = error_message
         self.request_id = request_id
+        self.number = number
         ref = f", requestId {request_id}" if request_id else ""
-        super().__init__(f"Daraja error HTTP {status} {error_code or '-'}: {error_message or '(no message)'}{ref}")
+        about = f" for {number}:" if number else ""
+        super().__init__(
+            f"Daraja error{about} HTTP {status} {error_code or '-'}: {error_message or '(no message)'}{ref}"
+        )

@@ -12,9 +12,12 @@ the classic sign of theft or tampering.
   each streaming its rows to object storage with ``max_workers`` calls in flight. The mapped tasks share
   the ``m2m_platform`` pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
 * ``build_report`` merges the batches into ``<report_base_uri>/<interval start date>/``:
-  ``imei_changes.csv`` (changed SIMs, then failed ones: failures are listed, never dropped) and
-  ``summary.json`` (fleet size, changed, unknown, failed), and emits the ``fleet_imei_change_report``
-  asset so other DAGs can be scheduled on it.
+  ``imei_changes.csv`` and ``summary.json`` (fleet size, changed, unknown, failed), and emits the
+  ``fleet_imei_change_report`` asset so other DAGs can be scheduled on it. The CSV's ``status`` column
+  says why a SIM is listed: ``changed`` (its device changed during the interval), ``unknown`` (the
+  platform does not know its device: empty ``current_imei`` and ``last_change``, e.g. a SIM never seen in
+  a device or not seen for a long time; worth a look, never counted as a change) and ``failed`` (the query
+  failed: failures are listed, never dropped). Rows come in that order.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from airflow_provider_m2m.operators.m2m import QueryImeiOperator
 SAMPLE_FLEET = (Path(__file__).parent / "data" / "sample_fleet.csv").as_uri()
 REPORT_ASSET = Asset(name="fleet_imei_change_report")
 POOL = "m2m_platform"
+#: The report's ``status`` values, in the order its rows come.
+STATUSES = ("changed", "unknown", "failed")
 
 with DAG(
     dag_id="fleet_imei_change_report",
@@ -129,6 +134,7 @@ with DAG(
                     found[row["iccid"]] = {**row, "status": "failed"}
                 elif not row.get("last_change"):
                     counts["unknown"] += 1
+                    found[row["iccid"]] = {**row, "status": "unknown"}
                 elif data_interval_start <= dt.datetime.fromisoformat(row["last_change"]) < data_interval_end:
                     counts["changed"] += 1
                     found[row["iccid"]] = {**row, "status": "changed"}
@@ -140,7 +146,7 @@ with DAG(
         columns = ["iccid", *extra_columns, "status", "current_imei", "previous_imei", "last_change", "error"]
         report = sorted(
             ({**row, **found[row["iccid"]]} for row in chain([first] if first else [], fleet) if row["iccid"] in found),
-            key=lambda r: (r["status"] != "changed", r.get("last_change") or ""),
+            key=lambda r: (STATUSES.index(r["status"]), r.get("last_change") or "", r["iccid"]),
         )
         csv_uri = f"{folder}/imei_changes.csv"
         write_csv(csv_uri, columns, report)

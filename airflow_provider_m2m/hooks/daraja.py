@@ -166,7 +166,7 @@ class DarajaHook(PlatformHook):
                     if code in daraja.INVALID_TOKEN_CODES:
                         raise _TokenRejected(reply.status, code) from None
                     raise
-            error = daraja.parse_error(reply.body, reply.status)
+            error = daraja.parse_error(reply.body, reply.status, number)
             if reply.status == 401 or error.error_code in daraja.INVALID_TOKEN_CODES:
                 raise _TokenRejected(reply.status, error.error_code)
             raise error

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import pendulum
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -19,7 +18,7 @@ from airflow_provider_m2m.exceptions import (
 )
 from airflow_provider_m2m.files import chunked, write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators.arguments import as_workers
+from airflow_provider_m2m.operators.arguments import as_window, as_workers
 from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
@@ -36,24 +35,8 @@ _CR = "\ue000"
 CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
 
 
-def parse_changed_since(value: object) -> pendulum.DateTime | None:
-    """An aware datetime, or an ISO 8601 string with a UTC offset, as a pendulum DateTime; None passes."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise InvalidRequestError("changed_since", "must be an ISO 8601 date-time", repr(value)) from None
-    if not isinstance(value, dt.datetime):
-        raise InvalidRequestError(
-            "changed_since", f"must be a datetime or an ISO 8601 string, not {type(value).__name__}"
-        )
-    if value.tzinfo is None:
-        raise InvalidRequestError(
-            "changed_since", "must carry a timezone, e.g. 2026-11-20T00:00:00Z", repr(value.isoformat())
-        )
-    return pendulum.instance(value)
+#: At most this many ICCIDs are listed in ``changed_iccids`` (about 250 kB of XCom); the CSV has them all.
+MAX_CHANGED_ICCIDS = 10_000
 
 
 class QueryImeiOperator(BaseOperator):
@@ -68,9 +51,16 @@ class QueryImeiOperator(BaseOperator):
     flat however big the fleet. The file is written whole on every try, so a retried task leaves no
     duplicate rows.
 
-    With ``changed_since``, only SIMs whose ``last_change`` is at or after it are kept, plus the SIMs whose
-    query failed (their ``error`` is set): a failure is never silently dropped. A SIM whose ``last_change``
-    is unknown has not "changed".
+    With ``changed_since`` and/or ``changed_before``, only SIMs whose ``last_change`` falls in the half-open
+    window ``changed_since <= last_change < changed_before`` are kept (either bound may be left out), plus
+    the SIMs whose query failed (their ``error`` is set): a failure is never silently dropped. Half-open, so
+    back-to-back nightly windows count a change at the boundary once. A SIM whose ``last_change`` is
+    unknown has not "changed" (it is counted in ``unknown``).
+
+    The sorted ICCIDs of the changed SIMs go to the XCom key ``changed_iccids``, so the next task can take
+    ``query.output["changed_iccids"]`` directly (e.g. ``SendSmsOperator(iccids=...)``); the ``output_uri``
+    summary carries them too. XCom stays small: at most :data:`MAX_CHANGED_ICCIDS` (10,000) are listed; past
+    that the summary's ``changed_iccids_truncated`` is true and the CSV has them all.
 
     .. code-block:: python
 
@@ -78,12 +68,22 @@ class QueryImeiOperator(BaseOperator):
 
     :param iccids: one ICCID (a plain string is one ICCID, never split) or a list of them. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
-    :param changed_since: an aware datetime or ISO 8601 string with an offset. Templated.
+    :param changed_since: keep SIMs changed at or after this: an aware datetime or ISO 8601 string with an
+        offset. Templated.
+    :param changed_before: keep SIMs changed strictly before this (same forms); must be later than
+        ``changed_since``. Templated.
     :param output_uri: an ObjectStoragePath URI (``file://``, ``s3://``...) for the CSV. Templated.
     :param max_workers: calls in flight at once (default 16). Templated.
     """
 
-    template_fields: Sequence[str] = ("iccids", "m2m_conn_id", "changed_since", "output_uri", "max_workers")
+    template_fields: Sequence[str] = (
+        "iccids",
+        "m2m_conn_id",
+        "changed_since",
+        "changed_before",
+        "output_uri",
+        "max_workers",
+    )
     ui_color = "#d8ecf3"
 
     def __init__(
@@ -92,6 +92,7 @@ class QueryImeiOperator(BaseOperator):
         iccids: str | list[str],
         m2m_conn_id: str = M2mHook.default_conn_name,
         changed_since: dt.datetime | str | None = None,
+        changed_before: dt.datetime | str | None = None,
         output_uri: str | None = None,
         max_workers: int | None = None,
         **kwargs: Any,
@@ -100,6 +101,7 @@ class QueryImeiOperator(BaseOperator):
         self.iccids = iccids
         self.m2m_conn_id = m2m_conn_id
         self.changed_since = changed_since
+        self.changed_before = changed_before
         self.output_uri = output_uri
         self.max_workers = max_workers
 
@@ -111,25 +113,52 @@ class QueryImeiOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
             numbers = iccid_rules.validate_many(self.iccids)
-            since = parse_changed_since(self.changed_since)
+            window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
-            kept = (r.as_dict() for r in self._kept(self.hook.query_imeis(numbers, workers), since, progress, counts))
+            changed: list[str] = []
+            records = self._kept(self.hook.query_imeis(numbers, workers), window, progress, counts, changed)
+            kept = (record.as_dict() for record in records)
             if not self.output_uri:
                 rows = list(kept)
                 self.log.info("%s; %s", progress.line(), counts)
+                self._push_changed(context, changed, counts["changed"])
                 return rows
-            written = write_csv(self.output_uri, CSV_COLUMNS, kept)  # first: it fills ``counts`` as it streams
-            summary = {"uri": self.output_uri, **counts, "rows": written}
-        self.log.info("%s; wrote %s", progress.line(), summary)
+            written = write_csv(self.output_uri, CSV_COLUMNS, kept)  # first: it fills the counts as it streams
+            summary = {
+                "uri": self.output_uri,
+                **counts,
+                "rows": written,
+                "changed_iccids": sorted(changed),
+                "changed_iccids_truncated": counts["changed"] > len(changed),
+            }
+        self.log.info("%s; wrote %s", progress.line(), {**summary, "changed_iccids": f"{len(changed)} ICCIDs"})
+        self._push_changed(context, changed, counts["changed"])
         return summary
 
+    def _push_changed(self, context: Context, changed: list[str], total_changed: int) -> None:
+        if total_changed > len(changed):
+            self.log.warning(
+                "changed_iccids lists %d of the %d changed SIMs (XCom stays small); the rows have them all",
+                len(changed),
+                total_changed,
+            )
+        # ``query.output["changed_iccids"]`` reads the XCom *key* "changed_iccids", not an item of the
+        # return value: push the list under that key too, so the natural spelling works downstream.
+        context["ti"].xcom_push(key="changed_iccids", value=sorted(changed))
+
     def _kept(
-        self, records: Iterable[ImeiRecord], since: dt.datetime | None, progress: Progress, counts: dict[str, int]
+        self,
+        records: Iterable[ImeiRecord],
+        window: tuple[dt.datetime | None, dt.datetime | None],
+        progress: Progress,
+        counts: dict[str, int],
+        changed: list[str],
     ) -> Iterator[ImeiRecord]:
-        """The records to report (failures always), counting as they stream past."""
+        """The records to report (failures always), counting and listing the changed ones as they stream past."""
+        filtered = window != (None, None)
         for record in records:
             progress.step()
             counts["total"] += 1
@@ -139,10 +168,13 @@ class QueryImeiOperator(BaseOperator):
                 yield record
                 continue
             counts["unknown"] += record.last_change is None
-            changed = record.changed_since(since) if since else record.last_change is not None
-            counts["changed"] += changed
-            if since is None or changed:
-                yield record
+            if record.changed_in(*window):
+                counts["changed"] += 1
+                if len(changed) < MAX_CHANGED_ICCIDS:
+                    changed.append(record.iccid)
+            elif filtered:
+                continue
+            yield record
 
 
 class SendSmsOperator(BaseOperator):

@@ -76,23 +76,25 @@ def parse_token(body: bytes) -> tuple[str, float]:
     return token.strip(), lifetime
 
 
-def parse_error(body: bytes, status: int) -> DarajaApiError:
+def parse_error(body: bytes, status: int, msisdn: str | None = None) -> DarajaApiError:
     """
     Turn an error answer into a :class:`DarajaApiError` (returned, not raised).
 
     A JSON ``{requestId, errorCode, errorMessage}`` body gives the code and message; any other body (an
-    HTML page from a gateway, nothing at all) gives no code and a short excerpt as the message.
+    HTML page from a gateway, nothing at all) gives no code and a short excerpt as the message. With
+    ``msisdn`` (the number checked), the error names it, masked to its last 4 digits.
     """
+    number = masked(msisdn) if msisdn else None
     try:
         data = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
         data = None
     if isinstance(data, dict) and ("errorCode" in data or "errorMessage" in data):
         return DarajaApiError(
-            status, _text(data.get("errorCode")), _text(data.get("errorMessage")), _text(data.get("requestId"))
+            status, _text(data.get("errorCode")), _text(data.get("errorMessage")), _text(data.get("requestId")), number
         )
     message = f"non-JSON body {excerpt(body)}" if body.strip() else "empty body"
-    return DarajaApiError(status, None, message)
+    return DarajaApiError(status, None, message, number=number)
 
 
 def _date(match: re.Match[str], day: int, month: int, year: int, field: str, text: str) -> pendulum.Date:
@@ -195,10 +197,11 @@ def parse_check(body: bytes, msisdn: str) -> SimSwapRecord:
     """
     data = _json_object(body, "checkATI")
     if "errorCode" in data and "responseCode" not in data:
-        raise parse_error(body, 200)
+        raise parse_error(body, 200, msisdn)
     code = _text(data.get("responseCode"))
     if code is not None and code not in ("200", "0"):
-        raise DarajaApiError(200, code, _text(data.get("responseDesc")), _text(data.get("requestRefID")))
+        ref = _text(data.get("requestRefID"))
+        raise DarajaApiError(200, code, _text(data.get("responseDesc")), ref, masked(msisdn))
     answered = _text(data.get("customerNumber"))
     if answered is not None and answered.lstrip("+") != msisdn:
         raise ProtocolError(f"Daraja checkATI for {masked(msisdn)}: the answer is about {masked(answered)}")

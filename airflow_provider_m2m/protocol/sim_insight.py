@@ -154,7 +154,18 @@ class ImeiRecord:
 
     def changed_since(self, since: dt.datetime) -> bool:
         """True when the IMEI is known to have changed at or after ``since``."""
-        return self.last_change is not None and self.last_change >= since
+        return self.changed_in(since, None)
+
+    def changed_in(self, since: dt.datetime | None, before: dt.datetime | None) -> bool:
+        """
+        True when the IMEI is known to have changed in the half-open window ``since <= last_change < before``.
+
+        Half-open so that back-to-back windows (nightly runs) count a change at a boundary exactly once.
+        Either bound may be None (unbounded); an unknown ``last_change`` is never a change.
+        """
+        if self.last_change is None:
+            return False
+        return (since is None or self.last_change >= since) and (before is None or self.last_change < before)
 
 
 def imei_record(iccid: str, fields: dict[str, str | None]) -> ImeiRecord:

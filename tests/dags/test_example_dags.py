@@ -168,15 +168,19 @@ def test_fleet_report_matches_the_sandbox_fleet(sb, dags_folder, tmp_path):
     expected = sb.fleet.changed_between(INTERVAL_START, INTERVAL_END)
     assert len(expected) > 50  # about 10 % of the fleet: the check below is not vacuous
     _assert_changed_rows(rows, expected)
-    assert [row["status"] for row in rows] == ["changed"] * len(expected)
+    unknown_sims = {sim.iccid for sim in sb.fleet.sims if sim.last_change is None}
+    assert [row["status"] for row in rows] == ["changed"] * len(expected) + ["unknown"] * len(unknown_sims)
+    unknown_rows = [row for row in rows if row["status"] == "unknown"]
+    assert {row["iccid"] for row in unknown_rows} == unknown_sims  # listed in the report, not only in batch files
+    assert all(row["current_imei"] == row["last_change"] == row["error"] == "" for row in unknown_rows)
     assert list(rows[0]) == [
         "iccid", "asset_name", "msisdn", "status", "current_imei", "previous_imei", "last_change", "error",
     ]  # fmt: skip
 
     reported = {row["iccid"] for row in rows}
     edge = sb.fleet.edge_cases
-    assert {edge["interval_start"], edge["last_second"]} <= reported
-    assert not {edge["interval_end"], edge["just_before"], edge["unknown"], edge["never_changed"]} & reported
+    assert {edge["interval_start"], edge["last_second"], edge["unknown"]} <= reported
+    assert not {edge["interval_end"], edge["just_before"], edge["never_changed"]} & reported
 
     assert dt.datetime.fromisoformat(summary["interval_start"]) == INTERVAL_START
     assert dt.datetime.fromisoformat(summary["interval_end"]) == INTERVAL_END
@@ -217,8 +221,9 @@ def test_fleet_report_lists_failed_sims(sb, dags_folder, tmp_path):
     expected = [sim for sim in sims if INTERVAL_START <= (sim.last_change or ANCHOR) < INTERVAL_END]
     assert {sb.fleet.edge_cases["interval_start"], sb.fleet.edge_cases["last_second"]} <= {s.iccid for s in expected}
     _assert_changed_rows(rows, expected)
-    assert [row["status"] for row in rows] == ["changed"] * len(expected) + ["failed"] * 2
     unknown = sum(1 for sim in sims if sim.last_change is None)
+    assert unknown > 0
+    assert [row["status"] for row in rows] == ["changed"] * len(expected) + ["unknown"] * unknown + ["failed"] * 2
     assert summary["fleet_size"] == len(sims) + 2  # every row of the fleet file is accounted for
     assert (summary["changed"], summary["unknown"], summary["failed"]) == (len(expected), unknown, 2)
 

@@ -53,6 +53,14 @@ with DAG("m2m_query_test", schedule="@daily", start_date=START, catchup=False):
     QueryImeiOperator(task_id="changed_templated", iccids={all_iccids!r}, changed_since="{{{{ data_interval_start }}}}")
     QueryImeiOperator(task_id="changed_iso", iccids={all_iccids!r}, changed_since="{since_iso}")
     QueryImeiOperator(task_id="to_csv", iccids={all_iccids!r}, changed_since="{since_iso}", output_uri="{uri}")
+    QueryImeiOperator(
+        task_id="window",
+        iccids={all_iccids!r},
+        changed_since="{{{{ data_interval_start }}}}",
+        changed_before="{{{{ data_interval_start + macros.timedelta(days=1) }}}}",
+        output_uri="{window_uri}",
+    )
+    QueryImeiOperator(task_id="before_only", iccids={all_iccids!r}, changed_before="{since_iso}")
     QueryImeiOperator(task_id="one", iccids="{one}")
     QueryImeiOperator.partial(task_id="mapped", max_workers=2).expand(iccids={batches!r})
 """
@@ -68,6 +76,7 @@ def test_query_imei_operator(sb, dags_folder, tmp_path):
         all_iccids=iccids,
         since_iso=since.isoformat(),
         uri=out.as_uri(),
+        window_uri=(tmp_path / "window.csv").as_uri(),
         one=fleet.edge_cases["imeisv"],
         batches=batches,
     )
@@ -115,8 +124,25 @@ def test_query_imei_operator(sb, dags_folder, tmp_path):
         "unknown": unknown,
         "failed": 1,
         "rows": len(changed) + 1,
+        "changed_iccids": sorted(changed),
+        "changed_iccids_truncated": False,
     }
-    assert len(json.dumps(summary)) < 300
+    assert len(json.dumps(summary)) < 300 + 22 * len(changed)
+
+    # changed_before closes the window, half-open: a change at exactly its end belongs to the next window.
+    window = xcom(dr, "window")
+    in_window = {i for i in changed if fleet.by_iccid[i].last_change < ANCHOR}
+    assert fleet.edge_cases["interval_end"] in changed and fleet.edge_cases["interval_end"] not in in_window
+    assert fleet.edge_cases["last_second"] in in_window
+    assert window["changed_iccids"] == sorted(in_window) and window["changed"] == len(in_window)
+    assert window["rows"] == len(in_window) + 1  # plus the failed SIM
+    # query.output["changed_iccids"] is an XCom key of its own (also without output_uri).
+    assert xcom(dr, "window", key="changed_iccids") == sorted(in_window)
+    assert xcom(dr, "changed_iso", key="changed_iccids") == sorted(changed)
+    before_only = xcom(dr, "before_only")
+    older = {s.iccid for s in fleet.sims[:60] if s.last_change is not None and s.last_change < since}
+    assert fleet.edge_cases["just_before"] in older and fleet.edge_cases["interval_start"] not in older
+    assert sorted(r["iccid"] for r in before_only) == sorted([*older, NOT_IN_FLEET])
     with out.open(newline="", encoding="utf-8") as fh:
         lines = list(csv.reader(fh))
     assert lines[0] == ["iccid", "current_imei", "last_change", "previous_imei", "error"]
@@ -299,3 +325,30 @@ def test_query_imei_operator_bad_input_messages(sb, kwargs, match):
     with pytest.raises(AirflowFailException, match=match):
         operator.execute({})
     assert sb.stats()["requests"] == 0
+
+
+CAPPED_DAG = """
+import datetime as dt
+from airflow.sdk import DAG
+from airflow_provider_m2m.operators.m2m import QueryImeiOperator
+
+with DAG("m2m_capped", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)):
+    QueryImeiOperator(task_id="capped", iccids={iccids!r}, changed_since="{since}", output_uri="{uri}")
+"""
+
+
+def test_changed_iccids_is_capped_and_says_so(sb, dags_folder, tmp_path, monkeypatch):
+    from airflow_provider_m2m.operators import m2m
+
+    monkeypatch.setattr(m2m, "MAX_CHANGED_ICCIDS", 3)  # the cap, lowered so a small fleet reaches it (in-process)
+    since = ANCHOR - 30 * DAY
+    iccids = sb.fleet.iccids[:200]
+    changed = {i for i in iccids if (s := sb.fleet.by_iccid[i]).last_change is not None and s.last_change >= since}
+    assert len(changed) > 3
+    source = CAPPED_DAG.format(iccids=iccids, since=since.isoformat(), uri=(tmp_path / "c.csv").as_uri())
+    dr = load_dag(dags_folder, source, "m2m_capped").test()
+    summary = xcom(dr, "capped")
+    assert summary["changed"] == len(changed) and summary["rows"] == len(changed)
+    assert summary["changed_iccids_truncated"] is True
+    assert len(summary["changed_iccids"]) == 3 and set(summary["changed_iccids"]) <= changed
+    assert xcom(dr, "capped", key="changed_iccids") == summary["changed_iccids"]

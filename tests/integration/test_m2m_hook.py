@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -363,6 +364,20 @@ def test_test_connection_good_and_bad(sb, hook, monkeypatch):
     ok, message = M2mHook(m2m_conn_id=conn_id, retry_policy=FAST).test_connection()
     assert ok is False
     assert message.startswith("Connection 'm2m_wrong': SIM Insight refused the credentials")
+
+
+def test_test_connection_queries_the_test_iccid_of_the_form(sb, monkeypatch):
+    """The connection form's Test ICCID extra (as the UI stores it) is the SIM "Test connection" asks about."""
+    sim = sb.fleet.sims[10]
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{add_connection(monkeypatch, sb, 'm2m_probe').upper()}"])
+    conn["extra"]["test_iccid"] = sim.iccid
+    monkeypatch.setenv("AIRFLOW_CONN_M2M_PROBE", json.dumps(conn))
+    ok, message = M2mHook(m2m_conn_id="m2m_probe", retry_policy=FAST).test_connection()
+    assert (ok, message) == (
+        True,
+        f"Credentials accepted; SIM {sim.iccid} is in device {sim.normalized_imei or 'unknown'}",
+    )
+    assert [entry["iccid"] for entry in sb.received("query_imei")] == [sim.iccid]
 
 
 def test_missing_api_id_is_invalid_request(sb, monkeypatch):

@@ -176,6 +176,21 @@ OPERATOR_CASES = [
         "changed_since",
     ),
     (
+        "changed_before words",
+        lambda: QueryImeiOperator(task_id="t", iccids=GOOD_ICCID, changed_before="tonight"),
+        "changed_before",
+    ),
+    (
+        "changed_before == changed_since",
+        lambda: QueryImeiOperator(
+            task_id="t",
+            iccids=GOOD_ICCID,
+            changed_since="2026-01-02T00:00:00+00:00",
+            changed_before="2026-01-02T03:00:00+03:00",
+        ),
+        "changed_before",
+    ),
+    (
         "max_workers 'many'",
         lambda: QueryImeiOperator(task_id="t", iccids=GOOD_ICCID, max_workers="many"),
         "max_workers",
@@ -208,6 +223,16 @@ def test_operator_fails_without_sending(sb, label, make, field):
     assert str(info.value).startswith(f"{field}:"), str(info.value)
     assert sb.stats()["requests"] == 0, label
     TALLY["held"] += 1
+
+
+def test_an_empty_window_names_both_fields(sb):
+    """The same instant written in two offsets is an empty window, not a one-instant one."""
+    operator = QueryImeiOperator(
+        task_id="t", iccids=GOOD_ICCID, changed_since="2026-01-02T00:00:00Z", changed_before="2026-01-02T03:00:00+03:00"
+    )
+    with pytest.raises(AirflowFailException, match=r"changed_before: must be later than changed_since \(the window"):
+        operator.execute({})
+    assert sb.stats()["requests"] == 0
 
 
 TEMPLATED_DAG = """

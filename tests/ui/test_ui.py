@@ -107,7 +107,7 @@ def test_m2m_connection_form(page, airflow_server, sandbox, screenshots):
     _fill_secret(password, creds["m2m_password"])
     page.screenshot(path=screenshots / "01-m2m-connection-standard-fields.png")
 
-    _expect_extra_fields(dialog, ["API ID", "Timeout (s)", "Verify TLS", "Max requests per second"])
+    _expect_extra_fields(dialog, ["API ID", "Timeout (s)", "Verify TLS", "Max requests per second", "Test ICCID"])
     api_id = dialog.locator("#element_api_id")
     expect(api_id).to_be_visible()
     expect(dialog.get_by_text("This field is required")).to_be_visible()  # API ID is required

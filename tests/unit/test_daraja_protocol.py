@@ -224,7 +224,8 @@ def test_swapped_within_edges():
 
 
 def test_parse_check_failures():
-    with pytest.raises(DarajaApiError, match=r"^Daraja error HTTP 200 500: Failed, requestId ref-1$"):
+    failed = rf"^Daraja error for \*{{7}}{NUMBER[-4:]}: HTTP 200 500: Failed, requestId ref-1$"
+    with pytest.raises(DarajaApiError, match=failed):
         daraja.parse_check(_body(responseCode="500", responseDesc="Failed"), NUMBER)
     with pytest.raises(ProtocolError, match=r"the answer is about \*\*\*\*\*\*\*1111$"):
         daraja.parse_check(_body(customerNumber="254722001111"), NUMBER)

@@ -67,9 +67,10 @@ def test_each_connection_type_points_at_an_importable_hook(conn_type, attrs, lab
     assert "port" in entry["ui-field-behaviour"]["hidden-fields"]
 
 
-def test_m2m_form_declares_api_id_timeout_verify():
+def test_m2m_form_declares_api_id_timeout_verify_test_iccid():
     (m2m,) = [c for c in airflow_provider_m2m.get_provider_info()["connection-types"] if c["connection-type"] == "m2m"]
-    assert {"api_id", "timeout", "verify"} <= set(m2m["conn-fields"])
+    assert {"api_id", "timeout", "verify", "test_iccid"} <= set(m2m["conn-fields"])
+    assert m2m["conn-fields"]["test_iccid"]["schema"]["type"] == ["string", "null"]  # optional
     assert m2m["ui-field-behaviour"]["placeholders"]["host"] == "https://api.m2miportal.com"
 
 
@@ -93,3 +94,14 @@ def test_airflow_cli_lists_the_provider_and_both_connection_types():
     types = {h["connection_type"]: h for h in hooks}
     assert types["m2m"]["class"] == "airflow_provider_m2m.hooks.m2m.M2mHook"
     assert types["daraja"]["class"] == "airflow_provider_m2m.hooks.daraja.DarajaHook"
+
+
+def test_s3_extra_brings_the_s3fs_filesystem():
+    """`s3://` URIs need ObjectStoragePath's s3 filesystem: `pip install 'airflow-provider-m2m[s3]'` brings it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (requirement,) = [Requirement(r) for r in project["optional-dependencies"]["s3"]]
+    assert (requirement.name, requirement.extras) == ("apache-airflow-providers-amazon", {"s3fs"})
