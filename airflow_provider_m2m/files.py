@@ -9,13 +9,15 @@ a retried task simply writes it again.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from airflow.sdk import ObjectStoragePath
 
@@ -29,7 +31,11 @@ def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
     :param uri: the file's URI or path.
     """
     path = ObjectStoragePath(uri)
-    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+    with (
+        path.open("rb") as raw,
+        _unpacked(path, raw) as data,
+        io.TextIOWrapper(data, encoding="utf-8-sig", newline="") as text,
+    ):
         for row in csv.DictReader(text):
             if any((value or "").strip() for value in row.values()):
                 yield {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
@@ -39,22 +45,49 @@ def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterab
     """
     Write ``rows`` (dicts; missing or None values as empty cells) as CSV with a header; return the row count.
 
-    :param uri: the target file's URI or path; its folder is created.
+    :param uri: the target file's URI or path; its folder is created. A name ending ``.gz`` is gzip-compressed.
     :param columns: the header, in order.
     :param rows: the rows, consumed lazily.
+    """
+    with csv_writer(uri, columns) as write:
+        count = 0
+        for row in rows:
+            write(row)
+            count += 1
+    return count
+
+
+@contextmanager
+def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """
+    Open a CSV file for writing row by row: yields ``write(row)``; the file appears whole on a clean exit only.
+
+    For several files written at once (one pass over the rows filling each); :func:`write_csv` for one.
+
+    :param uri: the target file's URI or path; its folder is created. A name ending ``.gz`` is gzip-compressed.
+    :param columns: the header, in order.
     """
     target = ObjectStoragePath(uri)
     partial = target.parent / f".{target.name}.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with partial.open("wb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+    with (
+        partial.open("wb") as raw,
+        _packed(target, raw) as data,
+        io.TextIOWrapper(data, encoding="utf-8", newline="") as text,
+    ):
         writer = csv.writer(text)
         writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
-            count += 1
+        yield lambda row: writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
     partial.rename(target)
-    return count
+
+
+def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
+    # mtime=0: the same rows give the same bytes, so a rerun's file compares equal to the original's.
+    return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else nullcontext(raw)
+
+
+def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else nullcontext(raw)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

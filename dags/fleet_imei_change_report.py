@@ -2,8 +2,8 @@
 Nightly fleet IMEI-change report.
 
 Every night, ask SIM Insight which device (IMEI) each SIM of the fleet sits in and report the SIMs whose
-device changed during the run's data interval (the previous day, UTC): a SIM moved to another device is
-the classic sign of theft or tampering.
+device changed since the last successful audit, first sightings, and SIMs not in the device the inventory
+says: a SIM moved to another device is the classic sign of theft or tampering.
 
 * Input: a CSV fleet file with an ``iccid`` column (other columns, such as ``asset_name``, are carried into
   the report) at the URI in the ``fleet_uri`` param. The default is the sample fleet shipped beside this
@@ -11,13 +11,24 @@ the classic sign of theft or tampering.
 * The fleet is split into batches of ``batch_size`` SIMs; ``QueryImeiOperator`` is mapped over the batches,
   each streaming its rows to object storage with ``max_workers`` calls in flight. The mapped tasks share
   the ``m2m_platform`` pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
-* ``build_report`` merges the batches into ``<report_base_uri>/<interval start date>/``:
-  ``imei_changes.csv`` and ``summary.json`` (fleet size, changed, unknown, failed), and emits the
-  ``fleet_imei_change_report`` asset so other DAGs can be scheduled on it. The CSV's ``status`` column
-  says why a SIM is listed: ``changed`` (its device changed during the interval), ``unknown`` (the
-  platform does not know its device: empty ``current_imei`` and ``last_change``, e.g. a SIM never seen in
-  a device or not seen for a long time; worth a look, never counted as a change) and ``failed`` (the query
-  failed: failures are listed, never dropped). Rows come in that order.
+* ``plan_batches`` first checks the fleet file (an ICCID of 18-22 digits per row, each ICCID once, an optional
+  ``expected_imei`` that is an IMEI) and the previous audit state: bad input fails the run, naming the file,
+  line and rule, before any platform call.
+* ``build_report`` compares every SIM with the audit state of the last successful night before this one (kept
+  beside the reports, see ``airflow_provider_m2m.audit_state``), writes
+  ``<report_base_uri>/fleet_imei_change_report/<interval start date>/imei_changes.csv`` and ``summary.json``
+  (fleet size and a count per status), then this night's state, and emits the ``fleet_imei_change_report``
+  asset (its extra carries the counts). So a change made while a night failed or was not run is reported by
+  the next successful night, dated by the platform's ``last_change`` (ISO 8601), and by that night only; a
+  rerun of a night reproduces its rows. The CSV's ``status`` column says why a SIM is listed, rows in this
+  order: ``changed`` (its IMEI differs from the last audit's, or ``last_change`` moved, e.g. A -> B -> A),
+  ``first_seen`` (a device, and none known before), ``inventory_mismatch`` (the fleet file's
+  ``expected_imei`` is not the current IMEI: every night until fixed; on top of ``changed`` / ``first_seen``),
+  ``unknown`` (the platform knows no device for the SIM; the night it knows one, ``first_seen``) and
+  ``failed`` (the query failed: listed, never dropped; such a SIM keeps its old state, so its change comes in
+  a later report). The first audit, with no state yet, takes the platform's dates: a change at or after its
+  interval start is ``changed`` (``first_seen`` without a previous IMEI); older ones become the baseline.
+* A night whose batches did not all finish writes no report and no state (the task fails without retries).
 """
 
 from __future__ import annotations
@@ -27,17 +38,16 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, task
 
+from airflow_provider_m2m.audit import STATUSES
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator
 
 SAMPLE_FLEET = (Path(__file__).parent / "data" / "sample_fleet.csv").as_uri()
 REPORT_ASSET = Asset(name="fleet_imei_change_report")
 POOL = "m2m_platform"
-#: The report's ``status`` values, in the order its rows come.
-STATUSES = ("changed", "unknown", "failed")
 
 with DAG(
     dag_id="fleet_imei_change_report",
-    description="Nightly: which SIMs moved to another device (IMEI) yesterday",
+    description="Nightly: which SIMs moved to another device (IMEI) since the last audit",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
@@ -49,7 +59,7 @@ with DAG(
             SAMPLE_FLEET,
             type="string",
             title="Fleet file",
-            description="URI of the fleet CSV (an iccid column; other columns are kept in the report).",
+            description="URI of the fleet CSV (an iccid column, optional expected_imei; other columns are kept).",
         ),
         "batch_size": Param(
             500,
@@ -78,15 +88,15 @@ with DAG(
 
     @task
     def plan_batches(params=None, data_interval_start=None) -> list[dict]:
-        """Read the fleet file and cut it into batches, each with the URI its rows will stream to."""
-        from airflow_provider_m2m.files import chunked, read_csv, report_folder
+        """Check the fleet file and the previous audit state, then cut the fleet into batches."""
+        from airflow_provider_m2m.audit_state import check_inputs
+        from airflow_provider_m2m.files import chunked, report_folder
+        from airflow_provider_m2m.task_failures import bad_input_fails_task
 
-        folder = report_folder(params["report_base_uri"], "fleet_imei_change_report", f"{data_interval_start:%Y-%m-%d}")
-        iccids = []
-        for line, row in enumerate(read_csv(params["fleet_uri"]), start=2):
-            if not row.get("iccid"):
-                raise ValueError(f"fleet file line {line}: the iccid column is missing or empty")
-            iccids.append(row["iccid"])
+        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
+        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
+        with bad_input_fails_task():  # before any platform call: a bad file is not retried
+            iccids = check_inputs(params["fleet_uri"], audit, data_interval_start.date())
         batches = [
             {"iccids": chunk, "output_uri": f"{folder}/batches/batch-{n:05d}.csv"}
             for n, chunk in enumerate(chunked(iccids, params["batch_size"]))
@@ -103,66 +113,48 @@ with DAG(
         map_index_template="{{ task.output_uri.rsplit('/', 1)[-1] }}",
     ).expand_kwargs(batches)
 
-    @task(outlets=[REPORT_ASSET], trigger_rule="all_done")
+    # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
+    # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.
+    @task(outlets=[REPORT_ASSET], trigger_rule="all_done_min_one_success")
     def build_report(
         batches: list[dict], params=None, data_interval_start=None, data_interval_end=None, outlet_events=None
     ) -> dict:
-        """Merge the batch files into the interval's report; list SIMs of batches that did not finish as failed."""
+        """Diff the batches against the last successful audit's state; write the report, then this night's state."""
         import json
-        from itertools import chain
 
         from airflow.sdk import ObjectStoragePath
+        from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_provider_m2m.files import read_csv, write_csv
+        from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
+        from airflow_provider_m2m.files import report_folder
 
-        batches = list(batches)
-        folder = batches[0]["output_uri"].rsplit("/batches/", 1)[0] if batches else None
-        found: dict[str, dict] = {}
-        counts = {"fleet_size": 0, "changed": 0, "unknown": 0, "failed": 0}
-        missing_batches = []
-        for batch in batches:
-            path = ObjectStoragePath(batch["output_uri"])
-            if not path.exists():
-                missing_batches.append(path.name)
-                rows = ({"iccid": i, "error": f"batch {path.name} did not finish"} for i in batch["iccids"])
-            else:
-                rows = read_csv(path)
-            for row in rows:
-                counts["fleet_size"] += 1
-                if row.get("error"):
-                    counts["failed"] += 1
-                    found[row["iccid"]] = {**row, "status": "failed"}
-                elif not row.get("last_change"):
-                    counts["unknown"] += 1
-                    found[row["iccid"]] = {**row, "status": "unknown"}
-                elif data_interval_start <= dt.datetime.fromisoformat(row["last_change"]) < data_interval_end:
-                    counts["changed"] += 1
-                    found[row["iccid"]] = {**row, "status": "changed"}
-
-        # Stream the fleet file once more, keeping only the reported SIMs (with their extra columns).
-        fleet = read_csv(params["fleet_uri"])
-        first = next(fleet, None)
-        extra_columns = [c for c in (first or {}) if c != "iccid"]
-        columns = ["iccid", *extra_columns, "status", "current_imei", "previous_imei", "last_change", "error"]
-        report = sorted(
-            ({**row, **found[row["iccid"]]} for row in chain([first] if first else [], fleet) if row["iccid"] in found),
-            key=lambda r: (STATUSES.index(r["status"]), r.get("last_change") or "", r["iccid"]),
-        )
-        csv_uri = f"{folder}/imei_changes.csv"
-        write_csv(csv_uri, columns, report)
+        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
+        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
         summary = {
             "interval_start": data_interval_start.isoformat(),
             "interval_end": data_interval_end.isoformat(),
-            **counts,
-            "report_csv": csv_uri,
-            "missing_batches": missing_batches,
+            "complete": False,
         }
+        try:
+            result = audit_night(
+                fleet_uri=params["fleet_uri"],
+                batch_uris=[batch["output_uri"] for batch in batches],
+                batch_size=params["batch_size"],
+                audit_folder=audit,
+                night=data_interval_start.date(),
+                since=data_interval_start,
+            )
+        except NightIncomplete as exc:
+            summary["missing_batches"] = exc.missing
+            ObjectStoragePath(f"{folder}/summary.json").write_text(json.dumps(summary, indent=2))
+            # Retrying this task cannot bring the batches back; the next night covers this one.
+            raise AirflowFailException(str(exc)) from None
+        summary = {**summary, **result, "complete": True, "missing_batches": []}
         summary_uri = f"{folder}/summary.json"
         ObjectStoragePath(summary_uri).write_text(json.dumps(summary, indent=2))
-        outlet_events[REPORT_ASSET].extra = {"summary": summary_uri, "report_csv": csv_uri, **counts}
-        print(f"Report: {csv_uri}\nSummary: {json.dumps(summary)}")
-        if missing_batches:
-            raise RuntimeError(f"report written, but {len(missing_batches)} batches did not finish: {missing_batches}")
+        counts = {key: result[key] for key in ("fleet_size", *STATUSES)}
+        outlet_events[REPORT_ASSET].extra = {"summary": summary_uri, "report_csv": result["report_csv"], **counts}
+        print(f"Report: {result['report_csv']}\nSummary: {json.dumps(summary)}")
         return {**summary, "summary_uri": summary_uri}
 
     build_report(batches) << query

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ def main() -> int:
 
     interval_end = midnight_utc()  # the nightly run just after midnight reports yesterday
     interval_start = interval_end - dt.timedelta(days=1)
+    # The sandbox fleet's times move with today's date: each demo run is a first audit, so drop earlier states.
+    shutil.rmtree(home / "reports" / DAG_ID / "state", ignore_errors=True)
     with Sandbox.spawn(fleet=1000, anchor=interval_end) as sandbox:
         print(f"[demo] sandbox listening on {sandbox.url} (fleet of {len(sandbox.fleet)} SIMs)", flush=True)
         log_path = home / "demo-dag-test.log"
@@ -62,7 +65,11 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
                 check=False,
             )
-        expected = {sim.iccid for sim in sandbox.fleet.changed_between(interval_start, interval_end)}
+        # The first audit (no state yet) reports every change the platform dates at or after its interval start.
+        since_start = sandbox.fleet.changed_between(interval_start, interval_end + dt.timedelta(days=1))
+        expected = {sim.iccid for sim in since_start if sim.previous_imei}
+        expected_first = {sim.iccid for sim in since_start if not sim.previous_imei}
+        expected_mismatch = set(sandbox.fleet.inventory_mismatches)
         expected_unknown = {sim.iccid for sim in sandbox.fleet.sims if sim.last_change is None}
         calls = sandbox.stats()["by_command"].get("query_imei", 0)
 
@@ -77,6 +84,8 @@ def main() -> int:
     rows = list(read_csv(summary["report_csv"]))
     changed = {row["iccid"] for row in rows if row["status"] == "changed"}
     unknown = {row["iccid"] for row in rows if row["status"] == "unknown"}
+    first = {row["iccid"] for row in rows if row["status"] == "first_seen"}
+    mismatch = {row["iccid"] for row in rows if row["status"] == "inventory_mismatch"}
 
     print()
     print(f"Report for {interval_start:%Y-%m-%d %H:%M} to {interval_end:%Y-%m-%d %H:%M} UTC")
@@ -84,20 +93,25 @@ def main() -> int:
     print(f"  summary: {folder}/summary.json")
     print(
         f"  fleet {summary['fleet_size']} SIMs ({calls} SIM Insight calls): {summary['changed']} changed device, "
+        f"{summary['first_seen']} first seen, {summary['inventory_mismatch']} inventory mismatches, "
         f"{summary['unknown']} unknown, {summary['failed']} failed"
     )
+    print("  first seen: a device, and none known before; inventory mismatch: not the fleet file's expected_imei")
     print("  unknown: the platform does not know the SIM's device (status unknown in the CSV; never a change)")
+    print(f"  audit state for the next night: {summary['state']}")
     print("  first rows:")
     for row in rows[:5]:
         print(
             f"    {row['iccid']}  {row['asset_name']:<11} {row['previous_imei'] or '-':>15} -> "
             f"{row['current_imei'] or '-':<15} at {row['last_change']}"
         )
-    ok = changed == expected and unknown == expected_unknown and summary["failed"] == 0
+    ok = (changed, first, mismatch, unknown) == (expected, expected_first, expected_mismatch, expected_unknown)
+    ok = ok and summary["failed"] == 0
     verdict = "matches" if ok else "DOES NOT MATCH"
     print(
-        f"  check: {verdict} the sandbox fleet's {len(expected)} known changes in the interval "
-        f"and its {len(expected_unknown)} SIMs of unknown device"
+        f"  check: {verdict} the sandbox fleet's {len(expected)} known changes since the interval start, "
+        f"{len(expected_first)} first sightings, {len(expected_mismatch)} SIMs not in their inventory device "
+        f"and {len(expected_unknown)} SIMs of unknown device"
     )
     print(f"[demo] done in {time.monotonic() - started:.0f}s")
     return 0 if ok else 1

@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sms-delivery-delay", type=float, default=2.0, help="seconds until an SMS is delivered (or fails)")
     p.add_argument("--anchor", type=_anchor, default=None, help="end of 'the last day' (default: midnight UTC)")
+    p.add_argument("--timeline-days", type=int, default=0, help="days after the anchor with device changes")
     p.add_argument("--write-fleet", metavar="PATH", help="write the fleet CSV and exit")
     p.add_argument("--self-check", action="store_true", help="run one call of each kind and exit")
     for name, value in SANDBOX_CREDENTIALS.items():
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m airflow_provider_m2m.sandbox``."""
     args = _parser().parse_args(argv)
     creds = {name: getattr(args, name) for name in SANDBOX_CREDENTIALS}
-    fleet = Fleet(args.fleet, seed=args.seed, anchor=args.anchor)
+    fleet = Fleet(args.fleet, seed=args.seed, anchor=args.anchor, timeline_days=args.timeline_days)
     if args.write_fleet:
         path = fleet.write_csv(args.write_fleet)
         print(f"wrote {len(fleet)} SIMs to {path}")

@@ -34,7 +34,14 @@ class Control:
 
 def _info(state: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
     f = state.fleet
-    return {"size": f.size, "seed": f.seed, "anchor": f.anchor.isoformat()}
+    now = state.set_now
+    return {
+        "size": f.size,
+        "seed": f.seed,
+        "anchor": f.anchor.isoformat(),
+        "timeline_days": f.timeline_days,
+        "now": now.isoformat() if now else None,
+    }
 
 
 #: The control calls: name (the path under ``/_sandbox/``) -> :class:`Control`.
@@ -103,12 +110,17 @@ class SandboxControls:
     # ------------------------------------------------------------------ knobs and faults
     def configure(self, **knobs: Any) -> None:
         """
-        Change knobs at run time.
+        Change knobs at run time, e.g. ``configure(now="2026-03-02T00:05:00Z")`` to stop the platforms' clock
+        at that moment (a fleet with ``timeline_days`` answers its device changes recorded by then);
+        ``configure(now="")`` for the real clock again (as does :meth:`reset`).
 
         :param knobs: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``, ``sms_delivery_delay`` (seconds
-            until a message settles into its SIM's :meth:`Fleet.sms_fate`, for messages sent from then on)
-            and the credential names of ``SANDBOX_CREDENTIALS``.
+            until a message settles into its SIM's :meth:`Fleet.sms_fate`, for messages sent from then on),
+            ``now`` (an aware datetime or ISO 8601 string; ``""`` = the real clock) and the credential names
+            of ``SANDBOX_CREDENTIALS``.
         """
+        if hasattr(knobs.get("now"), "isoformat"):
+            knobs["now"] = knobs["now"].isoformat()  # JSON-safe for the subprocess sandbox
         self._control("config", knobs)
 
     def inject(self, kind: str, **options: Any) -> None:

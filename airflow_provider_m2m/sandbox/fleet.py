@@ -117,6 +117,28 @@ class SimRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceChange:
+    """
+    A device change the sandbox makes after the anchor (see ``Fleet(timeline_days=...)``).
+
+    :param iccid: the SIM.
+    :param at: the platform's ``last_change`` for it (aware UTC).
+    :param imei: the device after the change.
+    :param previous_imei: the device before it, or None (a first sighting).
+    :param recorded: when the platform starts answering it: ``at``, or later for a network that records late.
+    :param label: ``move``, ``first_sighting``, ``back`` (the return of an A -> B -> A), ``boundary`` (at a
+        midnight) or ``late`` (recorded the next day).
+    """
+
+    iccid: str
+    at: datetime
+    imei: str
+    previous_imei: str | None
+    recorded: datetime
+    label: str = "move"
+
+
+@dataclass(frozen=True, slots=True)
 class SwapRecord:
     """
     Daraja's view of one MSISDN.
@@ -195,9 +217,17 @@ class Fleet:
     :param size: number of SIMs.
     :param seed: seed of the generator; the same size and seed give the same identifiers.
     :param anchor: aware datetime, the END of "the last day"; default today's midnight UTC.
+    :param timeline_days: days after the anchor during which devices change at known moments
+        (:attr:`timeline`, served once the platform's "now" passes them: see :meth:`as_of`); 0 = none.
+
+    Time (``timeline_days`` > 0): on each day ``d`` (``anchor + (d-1) days`` to ``anchor + d days``) about 2 % of
+    the fleet moves to a new device, each SIM at most once; besides, on day 2 a SIM goes A -> B -> A and a SIM of
+    unknown device is seen in its first one; on day 3 a SIM moves at exactly its midnight and one moves at 23:50
+    but is recorded by the platform only the next day at 01:00. The sample fleet file's ``expected_imei`` column
+    (:meth:`expected_imei`) is the current IMEI except for the 5 SIMs of :attr:`inventory_mismatches`.
     """
 
-    def __init__(self, size: int = 1000, seed: int = 0, anchor: datetime | None = None) -> None:
+    def __init__(self, size: int = 1000, seed: int = 0, anchor: datetime | None = None, timeline_days: int = 0) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
         if anchor is None:
@@ -211,6 +241,14 @@ class Fleet:
         self.swaps: dict[str, SwapRecord] = {}
         self._generate()
         self.by_iccid: dict[str, SimRecord] = {s.iccid: s for s in self.sims}
+        self.timeline_days = timeline_days
+        self.timeline: list[DeviceChange] = self._timeline(timeline_days)
+        self._changes: dict[str, list[DeviceChange]] = {}
+        for change in sorted(self.timeline, key=lambda c: c.recorded):
+            self._changes.setdefault(change.iccid, []).append(change)
+        self.inventory_mismatches: list[str] = [
+            sim.iccid for sim in self.sims[len(EDGE_CASES) :] if sim.kind in ("old", "never")
+        ][:5]
         self.by_msisdn: dict[str, SimRecord] = {s.msisdn: s for s in self.sims}
         self.edge_cases: dict[str, str] = {name: self.sims[i].iccid for name, i in EDGE_CASES.items() if i < size}
         self.swap_edge_cases: dict[str, str] = {
@@ -360,18 +398,72 @@ class Fleet:
         """
         return [s for s in self.sims if s.last_change is not None and start <= s.last_change < end]
 
+    def _timeline(self, days: int) -> list[DeviceChange]:
+        rng = random.Random(self.seed * 7919 + 4242)  # its own stream: the fleet's identifiers do not move
+        known = [s for s in self.sims[len(EDGE_CASES) :] if s.current_imei and s.kind != "recent"]
+        rng.shuffle(known)
+        unknown = [s for s in self.sims[len(EDGE_CASES) :] if s.kind == "unknown"]
+        day, changes = timedelta(days=1), []
+
+        def change(sim, at, imei, label, recorded=None, previous=None):
+            prev = previous if previous is not None else sim.current_imei
+            changes.append(DeviceChange(sim.iccid, at, imei, prev, recorded or at, label))
+
+        for d in range(1, days + 1):
+            start = self.anchor + (d - 1) * day
+            for _ in range(max(1, self.size // 50)):
+                if known:
+                    change(known.pop(), start + timedelta(seconds=rng.randint(60, 86340)), _imei(rng), "move")
+            if d == 2 and known:
+                sim, other = known.pop(), _imei(rng)
+                change(sim, start + timedelta(hours=3), other, "move")
+                change(sim, start + timedelta(hours=9), sim.current_imei, "back", previous=other)
+            if d == 2 and unknown:
+                sim = unknown.pop()
+                changes.append(
+                    DeviceChange(
+                        sim.iccid,
+                        start + timedelta(hours=5),
+                        _imei(rng),
+                        None,
+                        start + timedelta(hours=5),
+                        "first_sighting",
+                    )
+                )
+            if d == 3 and len(known) >= 2:
+                change(known.pop(), start, _imei(rng), "boundary")
+                at = start + timedelta(hours=23, minutes=50)
+                change(known.pop(), at, _imei(rng), "late", recorded=start + day + timedelta(hours=1))
+        return changes
+
+    def as_of(self, iccid: str, when: datetime) -> SimRecord:
+        """The SIM as the platform answers it at ``when``: with the :attr:`timeline` changes recorded by then."""
+        sim = self.by_iccid[iccid]
+        for c in self._changes.get(iccid, ()):
+            if c.recorded > when:
+                break
+            sim = SimRecord(sim.iccid, sim.msisdn, sim.asset_name, c.imei, c.at, c.previous_imei, sim.kind)
+        return sim
+
+    def expected_imei(self, iccid: str) -> str | None:
+        """The sample fleet file's ``expected_imei``: the IMEI an inventory lists (see :attr:`inventory_mismatches`)."""
+        sim = self.by_iccid[iccid]
+        if iccid in self.inventory_mismatches:
+            return _imei(random.Random(f"inventory-{iccid}"))
+        return sim.normalized_imei
+
     def write_csv(self, path: str | Path) -> Path:
         """
-        Write the fleet file users feed the DAGs: ``iccid,asset_name,msisdn`` with a header.
+        Write the fleet file users feed the DAGs: ``iccid,asset_name,msisdn,expected_imei`` with a header.
 
         :param path: destination file.
         """
         path = Path(path)
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["iccid", "asset_name", "msisdn"])
+            w.writerow(["iccid", "asset_name", "msisdn", "expected_imei"])
             for s in self.sims:
-                w.writerow([s.iccid, s.asset_name, s.msisdn])
+                w.writerow([s.iccid, s.asset_name, s.msisdn, self.expected_imei(s.iccid) or ""])
         return path
 
     def __len__(self) -> int:

@@ -36,6 +36,8 @@ class Sandbox(SandboxControls):
     :param sms_delivery_delay: seconds until a message settles into its SIM's :meth:`Fleet.sms_fate`
         (``delivered`` or ``failed``; ``pending`` SIMs never settle). Default 2.
     :param host: interface to bind (default 127.0.0.1).
+    :param timeline_days: days after the anchor with device changes at known moments (see :class:`Fleet`;
+        when ``fleet`` is a size). Set the platforms' clock with ``configure(now=...)``.
     :param credentials: overrides of ``SANDBOX_CREDENTIALS`` (``m2m_username``, ``m2m_password``,
         ``m2m_api_id``, ``daraja_key``, ``daraja_secret``).
     """
@@ -52,9 +54,12 @@ class Sandbox(SandboxControls):
         token_ttl: float = 3599,
         sms_delivery_delay: float = 2.0,
         host: str = "127.0.0.1",
+        timeline_days: int = 0,
         **credentials: str,
     ) -> None:
-        self.fleet = fleet if isinstance(fleet, Fleet) else Fleet(int(fleet), seed=seed, anchor=anchor)
+        if not isinstance(fleet, Fleet):
+            fleet = Fleet(int(fleet), seed=seed, anchor=anchor, timeline_days=timeline_days)
+        self.fleet = fleet
         self.state = SandboxState(
             self.fleet,
             latency=latency,
@@ -136,6 +141,6 @@ class Sandbox(SandboxControls):
 
         Takes exactly the parameters of :class:`Sandbox` (checked against its signature), plus
         ``startup_timeout``: seconds to wait for the subprocess to listen. A :class:`Fleet` passed in is
-        reduced to its size, seed and anchor, which the subprocess regenerates.
+        reduced to its size, seed, anchor and timeline_days, which the subprocess regenerates.
         """
         return RemoteSandbox(fleet, *args, startup_timeout=startup_timeout, **options)

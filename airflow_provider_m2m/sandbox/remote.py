@@ -34,7 +34,7 @@ class RemoteSandbox(SandboxControls):
     The process starts on ``__enter__`` (or :meth:`start`) and is terminated on ``__exit__``.
     ``fleet`` is regenerated locally from the same size, seed and anchor.
 
-    :param fleet: a fleet size or a :class:`Fleet` (reduced to its size, seed and anchor).
+    :param fleet: a fleet size or a :class:`Fleet` (reduced to its size, seed, anchor and timeline_days).
     :param args: the other parameters of :class:`~.in_process.Sandbox`, by position or (``options``) by name;
         they are bound against its signature, so both front ends take the same options.
     :param startup_timeout: seconds to wait for the ready line.
@@ -53,10 +53,10 @@ class RemoteSandbox(SandboxControls):
             raise TypeError(f"unknown sandbox options: {sorted(unknown)}")
         fleet = given.pop("fleet")
         if isinstance(fleet, Fleet):
-            given.update(seed=fleet.seed, anchor=fleet.anchor)
+            given.update(seed=fleet.seed, anchor=fleet.anchor, timeline_days=fleet.timeline_days)
             fleet = fleet.size
         self.anchor = given["anchor"] or midnight_utc()
-        self.fleet = Fleet(int(fleet), seed=given["seed"], anchor=self.anchor)
+        self.fleet = Fleet(int(fleet), seed=given["seed"], anchor=self.anchor, timeline_days=given["timeline_days"])
         given.update(fleet=int(fleet), anchor=self.anchor.astimezone(UTC).isoformat())
         self._args = [sys.executable, "-m", "airflow_provider_m2m.sandbox"]
         for name, value in {**given, **credentials}.items():

@@ -165,7 +165,7 @@ def query_imei(state: SandboxState, root: etree._Element, entry: dict[str, Any])
     iccid, err = _sim(state, root)
     if err:
         return err, ""
-    sim = state.fleet.by_iccid[iccid]
+    sim = state.fleet.as_of(iccid, state.now())
     state.count(state.c_imei, iccid)
     return None, (
         f"<current_imei>{sim.current_imei or ''}</current_imei>"

@@ -30,7 +30,7 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
 
 FAULT_KINDS = ("503", "429", "502", "504", "drop", "drop_after", "slow", "malformed", "html", "empty")
 PLATFORMS = ("any", "m2m", "daraja")
-KNOBS = ("latency", "rate_limit", "token_ttl", "seed", "sms_delivery_delay", *SANDBOX_CREDENTIALS)
+KNOBS = ("latency", "rate_limit", "token_ttl", "seed", "sms_delivery_delay", "now", *SANDBOX_CREDENTIALS)
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 #: The fields of one log entry (see :meth:`SandboxState.received`); a request fills those it knows.
@@ -41,6 +41,16 @@ LOG_ENTRY: dict[str, Any] = {
     "command": "unknown",
     "time": None,
 }
+
+
+def _moment(value: Any) -> datetime | None:
+    """A ``now`` knob: an aware datetime or ISO 8601 string, or ``""`` (the real clock)."""
+    if value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("now must carry a timezone (e.g. 2026-11-22T00:05:00Z)")
+    return moment.astimezone(UTC)
 
 
 def random_alnum(length: int) -> str:
@@ -116,6 +126,7 @@ class SandboxState:
         self.seed = int(d["seed"])
         self.rng = random.Random(self.seed)
         self.sms_delivery_delay = float(d["sms_delivery_delay"])
+        self.set_now = None  # the platforms' clock: the real one
         self._set_rate(float(d["rate_limit"]))
 
     def _set_rate(self, rate: float) -> None:
@@ -126,7 +137,8 @@ class SandboxState:
 
     def configure(self, **knobs: Any) -> None:
         """Change knobs at run time: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``,
-        ``sms_delivery_delay`` (for messages sent from then on), credentials."""
+        ``sms_delivery_delay`` (for messages sent from then on), ``now`` (the platforms' clock: an aware
+        datetime or ISO 8601 string it stands still at; ``""`` for the real clock again), credentials."""
         unknown = set(knobs) - set(KNOBS)
         if unknown:
             raise TypeError(f"unknown sandbox knobs: {sorted(unknown)}")
@@ -145,6 +157,8 @@ class SandboxState:
                 elif k == "seed":
                     self.seed = int(v)
                     self.rng = random.Random(self.seed)
+                elif k == "now":
+                    self.set_now = _moment(v)
                 else:
                     self.creds[k] = str(v)
 
@@ -254,8 +268,8 @@ class SandboxState:
             return [dict(e) for e in self.log if e["command"] == command]
 
     def now(self) -> datetime:
-        """The platforms' clock (UTC); the one place to change should the sandbox get a settable "now"."""
-        return datetime.now(UTC)
+        """The platforms' clock (UTC): the real one, or the moment set with ``configure(now=...)``."""
+        return self.set_now or datetime.now(UTC)
 
     def issued_tokens(self) -> list[str]:
         """Every access token issued since the start (kept across reset and revoke), for leak checks."""

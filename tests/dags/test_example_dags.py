@@ -165,29 +165,42 @@ def test_fleet_report_matches_the_sandbox_fleet(sb, dags_folder, tmp_path):
     assert sorted(i for (task, i), s in states.items() if task == "query_imeis" and s == "success") == [0, 1, 2, 3]
 
     rows, summary = _report(tmp_path)
-    expected = sb.fleet.changed_between(INTERVAL_START, INTERVAL_END)
+    # The first audit (no state yet) takes the platform's dates: every change at or after the interval start.
+    expected = sb.fleet.changed_between(INTERVAL_START, INTERVAL_END + dt.timedelta(days=1))
     assert len(expected) > 50  # about 10 % of the fleet: the check below is not vacuous
     _assert_changed_rows(rows, expected)
     unknown_sims = {sim.iccid for sim in sb.fleet.sims if sim.last_change is None}
-    assert [row["status"] for row in rows] == ["changed"] * len(expected) + ["unknown"] * len(unknown_sims)
+    mismatches = sb.fleet.inventory_mismatches
+    assert [row["status"] for row in rows] == (
+        ["changed"] * len(expected) + ["inventory_mismatch"] * len(mismatches) + ["unknown"] * len(unknown_sims)
+    )
+    mismatch_rows = [row for row in rows if row["status"] == "inventory_mismatch"]
+    assert [row["iccid"] for row in mismatch_rows] == sorted(mismatches)
+    assert all(row["expected_imei"] != row["current_imei"] for row in mismatch_rows)
     unknown_rows = [row for row in rows if row["status"] == "unknown"]
     assert {row["iccid"] for row in unknown_rows} == unknown_sims  # listed in the report, not only in batch files
     assert all(row["current_imei"] == row["last_change"] == row["error"] == "" for row in unknown_rows)
     assert list(rows[0]) == [
-        "iccid", "asset_name", "msisdn", "status", "current_imei", "previous_imei", "last_change", "error",
+        "iccid", "asset_name", "msisdn", "expected_imei", "status", "current_imei", "previous_imei", "last_change",
+        "last_audited_imei", "error",
     ]  # fmt: skip
 
     reported = {row["iccid"] for row in rows}
     edge = sb.fleet.edge_cases
-    assert {edge["interval_start"], edge["last_second"], edge["unknown"]} <= reported
-    assert not {edge["interval_end"], edge["just_before"], edge["never_changed"]} & reported
+    # interval_end changed at exactly the interval's end: after the interval, yet since the audit's start
+    assert {edge["interval_start"], edge["last_second"], edge["interval_end"], edge["unknown"]} <= reported
+    assert not {edge["just_before"], edge["never_changed"]} & reported
 
     assert dt.datetime.fromisoformat(summary["interval_start"]) == INTERVAL_START
     assert dt.datetime.fromisoformat(summary["interval_end"]) == INTERVAL_END
     unknown = sum(1 for sim in sb.fleet.sims if sim.last_change is None)
-    assert {k: summary[k] for k in ("fleet_size", "changed", "unknown", "failed")} == {
+    assert {
+        k: summary[k] for k in ("fleet_size", "changed", "first_seen", "inventory_mismatch", "unknown", "failed")
+    } == {
         "fleet_size": 1000,
         "changed": len(expected),
+        "first_seen": 0,
+        "inventory_mismatch": len(mismatches),
         "unknown": unknown,
         "failed": 0,
     }
@@ -218,7 +231,7 @@ def test_fleet_report_lists_failed_sims(sb, dags_folder, tmp_path):
     assert set(failed) == set(strangers)
     assert all("invalid iccid" in row["error"] for row in failed.values()), failed
     assert {row["asset_name"] for row in failed.values()} == {"stranger-a", "stranger-b"}
-    expected = [sim for sim in sims if INTERVAL_START <= (sim.last_change or ANCHOR) < INTERVAL_END]
+    expected = [sim for sim in sims if INTERVAL_START <= (sim.last_change or INTERVAL_START - dt.timedelta(1))]
     assert {sb.fleet.edge_cases["interval_start"], sb.fleet.edge_cases["last_second"]} <= {s.iccid for s in expected}
     _assert_changed_rows(rows, expected)
     unknown = sum(1 for sim in sims if sim.last_change is None)

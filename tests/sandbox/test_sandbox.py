@@ -149,8 +149,18 @@ def test_fleet_edge_cases_and_oracle(tmp_path):
     assert sw["registration_note"].registration_text == REGISTRATION_NOTE
     path = f.write_csv(tmp_path / "fleet.csv")
     rows = list(csv.DictReader(path.open()))
-    assert rows[0] == {"iccid": f.sims[0].iccid, "asset_name": "truck-0000", "msisdn": f.sims[0].msisdn}
+    first = f.sims[0]
+    assert rows[0] == {
+        "iccid": first.iccid,
+        "asset_name": "truck-0000",
+        "msisdn": first.msisdn,
+        "expected_imei": first.normalized_imei,
+    }
     assert len(rows) == 200
+    mismatched = {
+        row["iccid"] for row in rows if row["expected_imei"] != (f.by_iccid[row["iccid"]].normalized_imei or "")
+    }
+    assert mismatched == set(f.inventory_mismatches) and len(mismatched) == 5
 
 
 # ---------------------------------------------------------------------- SIM Insight
@@ -605,3 +615,40 @@ def test_reset_while_a_request_is_in_flight(sb, http):
     t.join(5)
     st = sb.stats()
     assert codes == [200] and st["in_flight"] == 0 and st["requests"] == 0 and sb.received() == []
+
+
+@pytest.mark.parametrize("front_end", ["in_process", "spawn"])
+def test_timeline_answers_the_changes_recorded_by_the_platforms_now(http, front_end):
+    """Devices change at known moments after the anchor; ``configure(now=...)`` sets the clock on both front ends."""
+    start = Sandbox.spawn if front_end == "spawn" else Sandbox
+    with start(fleet=200, seed=4, anchor=ANCHOR, timeline_days=3) as sb:
+        late = next(c for c in sb.fleet.timeline if c.label == "late")
+        assert late.recorded > late.at and late.recorded - late.at == timedelta(hours=1, minutes=10)
+        before = sb.fleet.by_iccid[late.iccid]
+
+        def served(now):
+            sb.configure(now=now)
+            root = parse(m2m(http, sb, "query_imei", f"<iccid>{late.iccid}</iccid>"))
+            return root.findtext("current_imei"), root.findtext("last_change"), root.findtext("previous_imei")
+
+        assert served(late.at + timedelta(minutes=5)) == (
+            before.current_imei,
+            before.last_change.strftime("%d/%m/%Y %H:%M:%S"),
+            before.previous_imei or "",
+        )
+        assert served(late.recorded) == (late.imei, late.at.strftime("%d/%m/%Y %H:%M:%S"), before.current_imei)
+        assert sb._control("info")["now"] == late.recorded.isoformat()
+        sb.configure(now="")  # the real clock again: long after the timeline
+        assert served("")[0] == late.imei and sb._control("info")["now"] is None
+        by_day = [
+            [
+                c
+                for c in sb.fleet.timeline
+                if ANCHOR + (d - 1) * timedelta(days=1) <= c.at < ANCHOR + d * timedelta(days=1)
+            ]
+            for d in (1, 2, 3)
+        ]
+        assert all(len(changes) >= 4 for changes in by_day)  # about 2 % of 200 a day, plus the named cases
+        labels = [c.label for c in sb.fleet.timeline]
+        assert {"back", "first_sighting", "boundary", "late"} <= set(labels)
+        assert Fleet(200, seed=4, anchor=ANCHOR).timeline == []  # no timeline: the sandbox answers as before

@@ -1,0 +1,203 @@
+"""
+The nightly fleet audit's rules, free of Airflow: what one night reports for a SIM, given what the last
+successful audit recorded for it and what the platform answers now.
+
+A night compares each SIM with the *audit state* (IMEI and ``last_change`` per SIM) of the last successful
+audit before it, not with its data interval, so a change made while a night failed, was skipped or ran late is
+reported by the next successful night, dated by the platform's ``last_change``, and only by that one.
+
+>>> from airflow_provider_m2m.audit import Seen, audit_sim
+>>> import datetime as dt
+>>> since = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+>>> answer = {"iccid": "8925401000000000001", "current_imei": "359827041234569",
+...           "last_change": "2026-03-01T10:00:00+00:00", "previous_imei": "862057041234566", "error": ""}
+>>> audit_sim(Seen("8925401000000000001", "862057041234566", "2026-01-05T08:00:00+00:00"), answer, None, since)[0]
+['changed']
+>>> same_device_later = {**answer, "previous_imei": "111111111111116"}  # A -> B -> A since the last audit
+>>> audit_sim(Seen("8925401000000000001", "359827041234569", "2026-01-05T08:00:00+00:00"),
+...           same_device_later, None, since)[0]
+['changed']
+>>> audit_sim(Seen("8925401000000000001", None, None), answer, None, since)[0]  # the audit knew no device
+['first_seen']
+>>> audit_sim(Seen("8925401000000000001", "359827041234569", "2026-03-01T10:00:00+00:00"),
+...           answer, "862057041234566", since)[0]  # no change, but not the device the inventory says
+['inventory_mismatch']
+>>> audit_sim(None, {**answer, "current_imei": "", "last_change": ""}, None, since)
+(['unknown'], Seen(iccid='8925401000000000001', imei=None, last_change=None))
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from airflow_provider_m2m.exceptions import InvalidRequestError
+
+#: The report's ``status`` values, in the order its rows come.
+STATUSES = ("changed", "first_seen", "inventory_mismatch", "unknown", "failed")
+
+#: The columns of an audit state file (one row per SIM, sorted by ICCID).
+STATE_COLUMNS = ("iccid", "imei", "last_change")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """
+    What an audit recorded for one SIM: a row of the audit state.
+
+    :param iccid: the SIM.
+    :param imei: the device it sat in, or None when the platform knew none.
+    :param last_change: the platform's ``last_change`` then (ISO 8601), or None when unknown.
+    """
+
+    iccid: str
+    imei: str | None
+    last_change: str | None
+
+    def as_row(self) -> dict[str, str | None]:
+        """The state file's row."""
+        return {"iccid": self.iccid, "imei": self.imei, "last_change": self.last_change}
+
+
+def _moment(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def audit_sim(
+    previous: Seen | None, answer: Mapping[str, str], expected_imei: str | None, since: dt.datetime
+) -> tuple[list[str], Seen | None]:
+    """
+    The statuses one night reports for one SIM, and the state to record for it.
+
+    * ``failed``: the query failed; the SIM keeps its previous state, so a later night reports its change.
+    * ``unknown``: the platform knows no device; the SIM keeps its previous state (its last known device).
+    * ``first_seen``: a device, and none known before: the last audit recorded the SIM without one, or (no row
+      at all: the first audit, or a SIM new to the fleet file) the platform dates its first sighting (no
+      ``previous_imei``) at or after ``since``.
+    * ``changed``: the IMEI differs from the one recorded, or ``last_change`` moved (a device that went
+      A -> B -> A between two audits); with no row, the platform dates a change at or after ``since``.
+    * ``inventory_mismatch``: the fleet file's ``expected_imei`` differs from the current IMEI (every night
+      until fixed); it comes on top of ``changed`` / ``first_seen``, so a SIM can be listed twice.
+
+    A SIM without a row and with a change older than ``since`` is recorded silently: its state starts here.
+
+    :param previous: the last successful audit's row for the SIM, or None.
+    :param answer: the platform's answer as a query row (``current_imei``, ``last_change`` ISO 8601,
+        ``previous_imei``, ``error``; empty strings for unknown).
+    :param expected_imei: the fleet file's ``expected_imei`` (15 digits), or None.
+    :param since: the night's data interval start: dates changes of SIMs the audit has no row for.
+    """
+    if answer.get("error"):
+        return ["failed"], previous
+    iccid, imei, last_change = answer["iccid"], answer.get("current_imei") or None, answer.get("last_change") or None
+    if imei is None:
+        return ["unknown"], previous or Seen(iccid, None, None)
+    statuses = []
+    if previous is None:
+        moment = _moment(last_change)
+        if moment is not None and moment >= since:
+            statuses.append("changed" if answer.get("previous_imei") else "first_seen")
+    elif previous.imei is None:
+        statuses.append("first_seen")
+    elif previous.imei != imei or _moment(previous.last_change) != _moment(last_change):
+        statuses.append("changed")
+    if expected_imei and expected_imei != imei:
+        statuses.append("inventory_mismatch")
+    return statuses, Seen(iccid, imei, last_change)
+
+
+# ---------------------------------------------------------------------------------------------- input rules
+def _iccid_error(value: str) -> str | None:
+    if not value:
+        return "iccid: the column is missing or empty"
+    if not (value.isdigit() and value.isascii() and 18 <= len(value) <= 22):
+        return f"iccid {value[:30]!r}: must be 18 to 22 digits"
+    return None
+
+
+def expected_imei(value: str | None) -> str | None:
+    """
+    The fleet file's ``expected_imei`` as a 15-digit IMEI (a 16-digit IMEISV is turned into one); None if empty.
+
+    >>> expected_imei("3598270412345612")
+    '359827041234561'
+    >>> expected_imei("35982704")
+    Traceback (most recent call last):
+        ...
+    ValueError: must be 15 digits (an IMEI) or 16 (an IMEISV), got 8 characters
+    """
+    from airflow_provider_m2m.protocol import imei
+
+    value = (value or "").strip()
+    if not value:
+        return None
+    if not (value.isdigit() and value.isascii() and len(value) in (15, 16)):
+        raise ValueError(f"must be 15 digits (an IMEI) or 16 (an IMEISV), got {len(value)} characters")
+    return imei.normalize(value)
+
+
+def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[tuple[str, str | None]]:
+    """
+    Yield ``(iccid, expected_imei)`` of each fleet row, checking the rows: an ICCID of 18 to 22 digits, each
+    ICCID once, an ``expected_imei`` that is empty or an IMEI. Keeps every ICCID seen (the planner's job).
+
+    :param rows: the fleet file's rows (the header is line 1).
+    :param source: the file's name, for the messages.
+    :raises InvalidRequestError: naming the file, the line and the rule.
+
+    >>> list(checked_fleet([{"iccid": "8925401000000000001"}, {"iccid": "8925401000000000001"}], "fleet.csv"))
+    Traceback (most recent call last):
+        ...
+    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file fleet.csv line 3: iccid 8925401000000000001 \
+is listed twice (first on line 2): each SIM must appear once
+    """
+    first_line: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        iccid = (row.get("iccid") or "").strip()
+        if error := _iccid_error(iccid):
+            raise InvalidRequestError(f"fleet file {source} line {line}", error)
+        if iccid in first_line:
+            rule = f"iccid {iccid} is listed twice (first on line {first_line[iccid]}): each SIM must appear once"
+            raise InvalidRequestError(f"fleet file {source} line {line}", rule)
+        first_line[iccid] = line
+        try:
+            yield iccid, expected_imei(row.get("expected_imei"))
+        except ValueError as exc:
+            raise InvalidRequestError(f"fleet file {source} line {line}", f"expected_imei: {exc}") from None
+
+
+def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]:
+    """
+    Yield the rows of an audit state file, checking them: its columns, an ICCID per row in ascending order,
+    an IMEI of 15 digits or empty, ``last_change`` in ISO 8601 with an offset or empty.
+
+    :param rows: the state file's rows (the header is line 1).
+    :param source: the file's name, for the messages.
+    :raises InvalidRequestError: naming the file, the line and the rule (the audit cannot be trusted without
+        its previous state: restore or delete the file, then rerun).
+    """
+    before = ""
+    line = 0  # the header is line 1: a stream unreadable from the start fails there
+    try:
+        for line, row in enumerate(rows, start=2):  # noqa: B007 - ``line`` names the bad line in the except
+            if tuple(row) != STATE_COLUMNS:
+                raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(row)}")
+            iccid, imei, last_change = row["iccid"], row["imei"] or None, row["last_change"] or None
+            if error := _iccid_error(iccid):
+                raise ValueError(error)
+            if iccid <= before:
+                raise ValueError(f"iccid {iccid} is out of order: the rows must be sorted by iccid, each once")
+            if imei is not None and not (imei.isdigit() and imei.isascii() and len(imei) == 15):
+                raise ValueError(f"imei {imei[:30]!r}: must be 15 digits or empty")
+            moment = _moment(last_change)
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"last_change {last_change!r}: must carry a UTC offset")
+            before = iccid
+            yield Seen(iccid, imei, last_change)
+    except (ValueError, csv.Error) as exc:
+        raise InvalidRequestError(f"audit state {source} line {line}", str(exc)) from None
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream, met while reading the next line
+        rule = f"unreadable ({exc or type(exc).__name__}): must be a gzip-compressed CSV"
+        raise InvalidRequestError(f"audit state {source} line {line + 1}", rule) from None
