@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_STAMP := $(VENV)/.installed-ui
 
-.PHONY: test test-ui test-package chromium demo bench lint clean
+.PHONY: test test-ui test-push test-package chromium demo bench lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,11 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the UI tests cannot run" >&2; exit 1; }
 
 test-ui: $(UI_STAMP) chromium
-	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 M2M_UI_CHROMIUM="$$(command -v chromium)" $(BIN)/python -m pytest tests/ui -v
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 M2M_UI_CHROMIUM="$$(command -v chromium)" $(BIN)/python -m pytest tests/ui tests/push -v
+
+# The push receiver in a real api-server (tests/push, about 2 min; also part of test-ui). No browser needed.
+test-push: $(STAMP)
+	$(BIN)/python -m pytest tests/push -v -s
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -79,6 +79,9 @@ def get_provider_info() -> dict:
         "triggers": [
             {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.triggers.m2m"]},
         ],
+        "plugins": [
+            {"name": "sim_insight_push", "plugin-class": "airflow_provider_m2m.push_receiver.SimInsightPushPlugin"},
+        ],
         "connection-types": [
             {
                 "connection-type": "m2m",

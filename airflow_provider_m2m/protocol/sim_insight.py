@@ -26,7 +26,8 @@ CONTENT_TYPE = "application/xml"
 # Descriptions that mean the account, not the request, is wrong: retrying or moving on cannot help.
 _AUTH_WORDS = ("auth", "credential", "password", "username", "permission", "api_id", "forbidden")
 
-_PARSER = etree.XMLParser(
+# The one hardened parser for everything SIM Insight sends us, responses and pushes alike.
+HARDENED_PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
 )
 
@@ -69,7 +70,7 @@ def _parse(command: str, body: bytes, secrets: Iterable[str]) -> tuple[etree._El
     if not body.strip():
         raise ProtocolError(f"SIM Insight {command}: empty response body")
     try:
-        root = etree.fromstring(body, _PARSER)
+        root = etree.fromstring(body, HARDENED_PARSER)
     except etree.XMLSyntaxError:
         raise ProtocolError(
             f"SIM Insight {command}: response is not well-formed XML: {excerpt(body, secrets)}"

@@ -114,6 +114,8 @@ class SandboxState:
         self._apply_defaults()
         self.in_flight = 0
         self.generation = 0
+        # A sandbox.push.Pusher: set (Sandbox.push_receipts_to) to push a receipt of every message it settles.
+        self.receipt_pusher = None
         self._clear()
 
     # ------------------------------------------------------------------ knobs
@@ -345,6 +347,13 @@ class SandboxState:
         with self.lock:
             self.sms[iccid].append(msg)
             self.c_sms[iccid] += 1
+            pusher = self.receipt_pusher
+        if pusher is not None and msg["fate"] in ("delivered", "failed"):
+            # Like the platform: the receipt is pushed when the message settles into its fate.
+            delay = max(0.0, (msg["settles"] - self.now()).total_seconds())
+            timer = threading.Timer(delay, pusher.push_receipt, (msg, self.fleet.by_iccid[iccid].msisdn))
+            timer.daemon = True
+            timer.start()
 
     def issue_token(self) -> tuple[str, str]:
         token = random_alnum(28)

@@ -29,6 +29,7 @@ DAG_FILES = {
     "sms_notification_run": DAGS / "sms_notification_run.py",
     "sim_swap_screening": DAGS / "sim_swap_screening.py",
     "quarantine_moved_sims": DAGS / "quarantine_moved_sims.py",
+    "device_replies": DAGS / "device_replies.py",
 }
 INTERVAL_START, INTERVAL_END = ANCHOR - dt.timedelta(days=1), ANCHOR
 
