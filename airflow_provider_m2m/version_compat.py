@@ -45,6 +45,25 @@ except ImportError:  # before Airflow 3.3 there is no async variant, and the syn
         mask_secret(secret, name)
 
 
+def _airflow_version() -> tuple[int, int]:
+    from airflow import __version__
+    from packaging.version import Version
+
+    release = Version(__version__).release
+    return release[0], release[1]
+
+
+#: Airflow 3.3 or newer (the pattern official providers use for version gates).
+AIRFLOW_V_3_3_PLUS = _airflow_version() >= (3, 3)
+
+try:  # the task state store (Airflow 3.3+) comes with its retention constants
+    from airflow.sdk.execution_time.context import NEVER_EXPIRE  # noqa: F401
+
+    HAS_TASK_STATE_STORE = True
+except ImportError:  # Airflow 3.1 / 3.2: no task state store; the SMS ledger settles retries from the SMS history
+    HAS_TASK_STATE_STORE = False
+
+
 def dag_bag(dag_folder: str) -> Any:
     """
     Parse ``dag_folder`` (a folder or one file) as the DAG processor does; for tests, demos and benchmarks.
@@ -64,6 +83,8 @@ __all__ = [
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "CronDataIntervalTimetable",
+    "AIRFLOW_V_3_3_PLUS",
+    "HAS_TASK_STATE_STORE",
     "amask_secret",
     "conf",
     "dag_bag",

@@ -27,6 +27,7 @@ import pytest
 from conftest import ROOT
 
 from airflow_provider_m2m.sms_sending import window_size
+from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE
 
 pytestmark = pytest.mark.airflow
 
@@ -172,7 +173,10 @@ def test_sigkill_then_retry_sends_once_and_reports_once(sb, dags_folder, tmp_pat
     per_sim = stats["sms_per_iccid"]
     assert per_sim == dict.fromkeys(sms_iccids, 1), {k: v for k, v in per_sim.items() if v != 1}
     history_lookups = stats["by_command"].get("query_sms_mt_details", 0)
-    assert 0 < history_lookups <= window_size(16) + 16 < SMS_SIMS  # the store spared the closed windows
+    if HAS_TASK_STATE_STORE:
+        assert 0 < history_lookups <= window_size(16) + 16 < SMS_SIMS  # the store spared the closed windows
+    else:  # Airflow 3.1 / 3.2: nothing survives a try, so the retry looks every SIM up before sending
+        assert history_lookups == SMS_SIMS
     looked_up = {e["iccid"] for e in sb.received("query_sms_mt_details")}
     sent_before_kill = in_flight_at_kill(sb, sms_iccids, killed["sms"][1])
     resent = [e["iccid"] for e in sb.received("send_sms")[killed["sms"][1] :] if e["iccid"] in sent_before_kill]
