@@ -52,6 +52,28 @@ def airflow_db(airflow_home: Path) -> Path:
     return airflow_home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_execution_api():
+    """
+    One in-process Execution API for every ``dag.test()`` task of the session, as an API server has one app.
+
+    ``dag.test()`` runs each task through ``InProcessTestSupervisor``, which by default builds a new Execution
+    API app per task (a Cadwyn app: every route of every API version, then an event loop thread that never
+    stops). That costs seconds per task on 3.3 and far more on 3.1 and 3.2, where Cadwyn and FastAPI
+    build it more slowly; it was most of the suite's time there. The app is still the real one (real routes,
+    real DB); the supervisor still points it at each DAG's own DagBag before each task. Building it is lazy,
+    so tests that run no task pay nothing.
+    """
+    from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
+    from airflow.sdk.execution_time import supervisor
+
+    api = InProcessExecutionAPI()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(supervisor, "in_process_api_server", lambda: api)
+    yield api
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     """One sandbox server (SIM Insight + Daraja) for the whole session, with the distinctive secrets."""
