@@ -18,7 +18,8 @@ platform side: a new command is one handler registered in its table), ``controls
 one interface of both front ends), ``server`` (HTTP, latency, rate limit, faults), ``in_process`` (``Sandbox``)
 and ``remote`` (``Sandbox.spawn`` / ``RemoteSandbox``), ``fleet`` (the generated SIMs and numbers),
 ``airflow_home`` (a throwaway Airflow home for tests, the demo and benchmarks), ``push`` (pushing to a receiver as
-SIM Insight's push services do: payloads, retry schedule, duplicates, receipts of settled messages).
+SIM Insight's push services do: payloads, retry schedule, duplicates, receipts of settled messages, MO
+messages and usage alerts on command).
 
 Python::
 

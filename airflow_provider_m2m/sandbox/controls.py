@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import push
 from .fleet import Fleet
 from .state import SandboxState
 
@@ -44,6 +45,27 @@ def _info(state: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _push_to(state: SandboxState, args: dict[str, Any]) -> None:
+    url = args.pop("url", None)
+    pusher = push.Pusher(url, args.pop("passphrase", ""), **args) if url else None
+    with state.lock:
+        state.pusher = pusher
+
+
+def _push(state: SandboxState, args: dict[str, Any]) -> dict[str, str]:
+    pusher = state.pusher
+    if pusher is None:
+        raise ValueError("push: no receiver to push to; call push_to(url, passphrase) first")
+    iccid = str(args.pop("iccid", ""))
+    sim = state.fleet.by_iccid.get(iccid)
+    if sim is None:
+        raise ValueError(f"push: iccid {iccid!r} is not a SIM of the sandbox's fleet")
+    when = state.now().strftime("%d/%m/%Y %H:%M:%S")
+    api_did, body = push.item(str(args.pop("kind", "")), iccid, sim.msisdn, when, **args)
+    pusher.push_later(body)  # the platform pushes on its own time: the call does not wait for the receiver
+    return {"api_did": f"{api_did:010d}"}
+
+
 #: The control calls: name (the path under ``/_sandbox/``) -> :class:`Control`.
 CONTROLS: dict[str, Control] = {
     "stats": Control("GET", lambda state, args: state.stats()),
@@ -56,6 +78,8 @@ CONTROLS: dict[str, Control] = {
     "clear_faults": Control("POST", lambda state, args: state.clear_faults()),
     "revoke_tokens": Control("POST", lambda state, args: state.revoke_tokens()),
     "reset": Control("POST", lambda state, args: state.reset()),
+    "push_to": Control("POST", _push_to),
+    "push": Control("POST", _push),
 }
 
 
@@ -147,7 +171,8 @@ class SandboxControls:
         """
         Counters: ``requests``, ``by_command``, ``by_status`` (int status -> count), ``faults``,
         ``rate_limited``, ``in_flight``, ``max_in_flight``, ``tokens_issued``, ``sms_per_iccid``,
-        ``imei_queries_per_iccid``, ``checks_per_msisdn``.
+        ``imei_queries_per_iccid``, ``checks_per_msisdn``, ``pushes`` (of the :meth:`push_to` target:
+        ``delivered``, ``refused``, ``posts``, ``duplicates_sent``; empty when not pushing).
         """
         stats = self._control("stats")
         stats["by_status"] = {int(k): v for k, v in stats["by_status"].items()}  # JSON made the keys strings
@@ -177,3 +202,41 @@ class SandboxControls:
     def conn_env(self, timeout: float = 10) -> dict[str, str]:
         """``AIRFLOW_CONN_M2M_DEFAULT`` / ``AIRFLOW_CONN_DARAJA_DEFAULT`` in Airflow's JSON format."""
         return conn_env(self.url, self.credentials, timeout)
+
+    # ------------------------------------------------------------------ pushing, as SIM Insight's push services
+    def push_to(
+        self,
+        url: str | None,
+        passphrase: str = "",
+        *,
+        retry_scale: float = 1.0,
+        duplicate_ratio: float = 0.0,
+        max_attempts: int = 50,
+    ) -> None:
+        """
+        Push to a receiver from now on: a delivery receipt of every message that settles as delivered or failed,
+        and the items of :meth:`send_mo` and :meth:`raise_alert`. ``None`` stops pushing (as does :meth:`reset`).
+
+        :param url: the receiver, e.g. ``http://127.0.0.1:8080/sim-insight/push``.
+        :param passphrase: put in every item.
+        :param retry_scale: factor on the documented retry delays (0.01 for tests).
+        :param duplicate_ratio: share of items sent a second time after their delivery.
+        :param max_attempts: give an item up after this many POSTs.
+        """
+        options = {"retry_scale": retry_scale, "duplicate_ratio": duplicate_ratio, "max_attempts": max_attempts}
+        self._control("push_to", {"url": url, "passphrase": passphrase, **options} if url else {})
+
+    def send_mo(self, iccid: str, text: str) -> str:
+        """
+        Push an MO message (``post_sms``) from the fleet SIM ``iccid`` (its MSISDN from the fleet, the platforms'
+        clock as its time) to the :meth:`push_to` receiver, in the background; return the item's ``api_did``.
+        """
+        return self._control("push", {"kind": "mo_sms", "iccid": iccid, "text": text})["api_did"]
+
+    def raise_alert(self, iccid: str, level: str = "warning", level_mb: float = 1024) -> str:
+        """
+        Push a usage alert for the fleet SIM ``iccid`` to the :meth:`push_to` receiver, in the background:
+        ``level`` ``warning`` (``post_alert_sim_warning``) or ``cut_off`` (``post_alert_sim_limit``) at
+        ``level_mb``; return the item's ``api_did``.
+        """
+        return self._control("push", {"kind": level, "iccid": iccid, "level_mb": level_mb})["api_did"]

@@ -76,18 +76,6 @@ class Sandbox(SandboxControls):
     def _control(self, name: str, args: dict[str, Any] | None = None) -> Any:
         return CONTROLS[name].run(self.state, args or {})
 
-    def push_receipts_to(self, url: str | None, passphrase: str = "", **options: Any) -> None:
-        """
-        Push a delivery receipt of every message that settles as delivered or failed to ``url`` (None: stop).
-
-        :param url: the receiver, e.g. ``http://127.0.0.1:8080/sim-insight/push``.
-        :param passphrase: the passphrase put in each receipt.
-        :param options: :class:`~airflow_provider_m2m.sandbox.push.Pusher` options (``retry_scale``...).
-        """
-        from .push import Pusher
-
-        self.state.receipt_pusher = Pusher(url, passphrase, **options) if url else None
-
     # ------------------------------------------------------------------ lifecycle
     def _bound(self) -> SandboxHTTPServer:
         if self._server is None:

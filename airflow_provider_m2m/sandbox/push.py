@@ -5,6 +5,8 @@ Configured with the receiver's URL and passphrase. Each item is retried after th
 30 s, 1 min, 2 min, 5 min, then every 15 min) multiplied by ``retry_scale`` (tests shorten them), until a 2xx
 answer; a 4xx answer ends the item too (the receiver refused it for good: it is counted as refused).
 ``duplicate_ratio`` sends that share of items a second time, as the platform does when our answer is lost.
+:func:`item` builds the on-command items (an MO message or a usage alert of a fleet SIM) the control call ``push``
+sends; the receipts of settled messages come from :meth:`Pusher.push_receipt`.
 Like the rest of the sandbox it imports nothing from the provider: the payloads are built here with lxml.
 """
 
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 from lxml import etree
@@ -24,6 +27,15 @@ from lxml import etree
 # The platform's documented retry schedule, in seconds; the last delay repeats.
 RETRY_DELAYS = (5, 10, 30, 60, 120, 300, 900)
 USER_AGENT = "CSL SIM Insight/1.0.0"
+# The pushed items' api_did, unique in this process (its meaning is undocumented; receivers must not rely on it).
+_API_DIDS = itertools.count(int(time.time()) % 10**9)
+#: What the control call ``push`` sends: kind -> the fields it takes (besides ``iccid``).
+ITEM_KINDS = {"mo_sms": ("text",), "warning": ("level_mb",), "cut_off": ("level_mb",)}
+
+
+def next_api_did() -> int:
+    """A new ``api_did`` for an item."""
+    return next(_API_DIDS)
 
 
 def mo_sms(api_did: int, iccid: str, msisdn: str, text: str, when: str) -> bytes:
@@ -46,6 +58,23 @@ def usage_alert(api_did: int, iccid: str, level_mb: float, when: str, *, cut_off
     return _payload("post_alert_sim_warning", api_did, iccid=iccid, warning_level_mb=f"{level_mb:g}", timestamp=when)
 
 
+def item(kind: str, iccid: str, msisdn: str, when: str, **fields: Any) -> tuple[int, bytes]:
+    """
+    ``(api_did, body)`` of one on-command item for a SIM: ``kind`` ``mo_sms`` (field ``text``), ``warning`` or
+    ``cut_off`` (field ``level_mb``), as listed in :data:`ITEM_KINDS`.
+    """
+    if kind not in ITEM_KINDS:
+        raise ValueError(f"kind must be one of {sorted(ITEM_KINDS)}, not {kind!r}")
+    unknown = set(fields) - set(ITEM_KINDS[kind])
+    missing = set(ITEM_KINDS[kind]) - set(fields)
+    if unknown or missing:
+        raise ValueError(f"a {kind} item takes the fields {list(ITEM_KINDS[kind])}, got {sorted(fields)}")
+    api_did = next_api_did()
+    if kind == "mo_sms":
+        return api_did, mo_sms(api_did, iccid, msisdn, str(fields["text"]), when)
+    return api_did, usage_alert(api_did, iccid, float(fields["level_mb"]), when, cut_off=kind == "cut_off")
+
+
 def _payload(root: str, api_did: int, **elements: str) -> bytes:
     node = etree.Element(root, version="1", api_did=f"{api_did:010d}")
     etree.SubElement(node, "passphrase")
@@ -63,7 +92,7 @@ def with_passphrase(body: bytes, passphrase: str) -> bytes:
 
 @dataclass
 class PushReport:
-    """What a :meth:`Pusher.push_all` did: items delivered (2xx), refused (4xx), POSTs made, seconds taken."""
+    """What a :class:`Pusher` did: items delivered (2xx), refused (4xx), POSTs made, duplicates sent, seconds."""
 
     delivered: int = 0
     refused: int = 0
@@ -77,6 +106,12 @@ class PushReport:
             for name, value in increments.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def counts(self) -> dict[str, int]:
+        """The counters, JSON-safe."""
+        with self._lock:
+            return {"delivered": self.delivered, "refused": self.refused, "posts": self.posts,
+                    "duplicates_sent": self.duplicates_sent}  # fmt: skip
+
 
 class Pusher:
     """
@@ -88,6 +123,8 @@ class Pusher:
     :param max_attempts: give an item up after this many POSTs (the platform never does; tests must end).
     :param duplicate_ratio: share of items sent a second time after their first delivery.
     :param seed: for the choice of duplicated items.
+
+    ``report`` counts every item pushed with :meth:`push` (alone or from :meth:`push_receipt`).
     """
 
     def __init__(
@@ -107,19 +144,33 @@ class Pusher:
         self.duplicate_ratio = duplicate_ratio
         self._random = random.Random(seed)
         self._local = threading.local()
-        self._api_dids = itertools.count(int(time.time()) % 10**9)
+        self.report = PushReport()
 
-    def push_receipt(self, message: dict, msisdn: str) -> int:
-        """Push the delivery receipt of a message the sandbox settled (its ``sms_uid``, ``fate`` and time)."""
+    def push_receipt(self, message: dict, msisdn: str, delay: float = 0.0) -> None:
+        """Push, ``delay`` seconds from now, the receipt of a message the sandbox settles (``sms_uid``, ``fate``)."""
         when = message["settles"].strftime("%d/%m/%Y %H:%M:%S")
-        body = delivery_receipt(
-            next(self._api_dids), message["iccid"], msisdn, message["sms_uid"], message["fate"], when
-        )
-        return self.deliver(body)
+        body = delivery_receipt(next_api_did(), message["iccid"], msisdn, message["sms_uid"], message["fate"], when)
+        self.push_later(body, delay)
+
+    def push_later(self, body: bytes, delay: float = 0.0) -> None:
+        """:meth:`push` in a daemon thread, ``delay`` seconds from now (the platform pushes on its own time)."""
+        timer = threading.Timer(delay, self.push, (body,))
+        timer.daemon = True
+        timer.start()
+
+    def push(self, body: bytes, report: PushReport | None = None) -> int:
+        """Deliver one item (retries included), then maybe again (``duplicate_ratio``); return its first status."""
+        report = report or self.report
+        status = self.deliver(body, report)
+        report.count(delivered=int(200 <= status < 300), refused=int(400 <= status < 500))
+        if self._random.random() < self.duplicate_ratio:
+            report.count(duplicates_sent=1)
+            self.deliver(body, report)
+        return status
 
     def deliver(self, body: bytes, report: PushReport | None = None) -> int:
         """POST one item until it gets a final answer; return that HTTP status (0: attempts exhausted)."""
-        report = report or PushReport()
+        report = report or self.report
         data = with_passphrase(body, self.passphrase)
         for attempt in range(self.max_attempts):
             report.count(posts=1)
@@ -137,20 +188,10 @@ class Pusher:
 
     def push_all(self, bodies: Iterable[bytes], senders: int = 1) -> PushReport:
         """Deliver every item, ``senders`` at once; some twice (``duplicate_ratio``)."""
-        items = list(bodies)
-        twice = {i for i in range(len(items)) if self._random.random() < self.duplicate_ratio}
         report = PushReport()
         started = time.monotonic()
-
-        def one(index: int) -> None:
-            status = self.deliver(items[index], report)
-            report.count(delivered=int(200 <= status < 300), refused=int(400 <= status < 500))
-            if index in twice:
-                report.count(duplicates_sent=1)
-                self.deliver(items[index], report)
-
         with ThreadPoolExecutor(max_workers=senders) as pool:
-            list(pool.map(one, range(len(items))))
+            list(pool.map(lambda body: self.push(body, report), bodies))
         report.seconds = time.monotonic() - started
         return report
 

@@ -123,4 +123,4 @@ class RemoteSandbox(SandboxControls):
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             raise ValueError(f"sandbox control call {name} failed: {exc.code} {detail}") from None
-        return None if CONTROLS[name].method == "POST" else result
+        return result

@@ -114,8 +114,6 @@ class SandboxState:
         self._apply_defaults()
         self.in_flight = 0
         self.generation = 0
-        # A sandbox.push.Pusher: set (Sandbox.push_receipts_to) to push a receipt of every message it settles.
-        self.receipt_pusher = None
         self._clear()
 
     # ------------------------------------------------------------------ knobs
@@ -218,6 +216,9 @@ class SandboxState:
             self.tokens.clear()
 
     def _clear(self) -> None:
+        # A sandbox.push.Pusher, set by the control call push_to: it pushes a receipt of every message that
+        # settles, and the items of the control call push. Reset stops pushing.
+        self.pusher = None
         self.faults: list[Fault] = []
         self.sms: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.statuses = SimStatuses(self.fleet.seed, self.fleet.by_iccid)
@@ -258,6 +259,7 @@ class SandboxState:
                 "sms_per_iccid": dict(self.c_sms),
                 "imei_queries_per_iccid": dict(self.c_imei),
                 "checks_per_msisdn": dict(self.c_checks),
+                "pushes": self.pusher.report.counts() if self.pusher is not None else {},
             }
 
     def received(self, command: str | None = None) -> list[dict[str, Any]]:
@@ -347,13 +349,11 @@ class SandboxState:
         with self.lock:
             self.sms[iccid].append(msg)
             self.c_sms[iccid] += 1
-            pusher = self.receipt_pusher
+            pusher = self.pusher
         if pusher is not None and msg["fate"] in ("delivered", "failed"):
             # Like the platform: the receipt is pushed when the message settles into its fate.
             delay = max(0.0, (msg["settles"] - self.now()).total_seconds())
-            timer = threading.Timer(delay, pusher.push_receipt, (msg, self.fleet.by_iccid[iccid].msisdn))
-            timer.daemon = True
-            timer.start()
+            pusher.push_receipt(msg, self.fleet.by_iccid[iccid].msisdn, delay)
 
     def issue_token(self) -> tuple[str, str]:
         token = random_alnum(28)

@@ -12,6 +12,7 @@ import time
 import pytest
 import requests
 
+from airflow_provider_m2m.sandbox import Sandbox
 from airflow_provider_m2m.sandbox import push as sandbox_push
 
 pytestmark = pytest.mark.airflow
@@ -169,7 +170,7 @@ def test_the_sandbox_pushes_a_receipt_of_each_message_it_settles(push_airflow, s
     from airflow_provider_m2m.hooks.m2m import M2mHook
 
     sb.configure(sms_delivery_delay=0.5)
-    sb.push_receipts_to(push_airflow.url, PASSPHRASE, retry_scale=0.01)
+    sb.push_to(push_airflow.url, PASSPHRASE, retry_scale=0.01)
     try:
         fates = {fate: sb.fleet.sms_edge_cases[fate] for fate in ("delivered", "failed", "pending")}
         hook = M2mHook()
@@ -186,11 +187,74 @@ def test_the_sandbox_pushes_a_receipt_of_each_message_it_settles(push_airflow, s
         found = push_airflow.server.wait_until(receipts, 30, "the receipts of two messages", 0.2)
         time.sleep(1)  # a receipt for the pending message would have come by now
     finally:
-        sb.push_receipts_to(None)
+        sb.push_to(None)
     assert set(found) == {sent["delivered"], sent["failed"]}
     for fate in ("delivered", "failed"):
         receipt = found[sent[fate]]
         assert (receipt["iccid"], receipt["status"]) == (fates[fate], fate)
+
+
+def _pushed_by(sandbox, push_airflow) -> dict[str, tuple[str, dict]]:
+    """An MO message and an alert of each level pushed by ``sandbox`` on command: api_did -> (kind, what)."""
+    iccids = sandbox.fleet.iccids[:3]
+    return {
+        sandbox.send_mo(iccids[0], "door open ✓"): ("mo_sms", {"iccid": iccids[0], "text": "door open ✓"}),
+        sandbox.raise_alert(iccids[1], "warning", 2560): ("warning", {"iccid": iccids[1], "level_mb": 2560}),
+        sandbox.raise_alert(iccids[2], "cut_off", 5120): ("cut_off", {"iccid": iccids[2], "level_mb": 5120}),
+    }
+
+
+def _assert_one_event_each(sandbox, push_airflow, pushed: dict[str, tuple[str, dict]]) -> None:
+    def arrived():
+        found = push_airflow.events_of(set(pushed))
+        return found if len(found) >= len(pushed) else None
+
+    found = push_airflow.server.wait_until(arrived, 30, "the sandbox's pushed items", 0.2)
+    assert sorted(extra["api_did"] for _, extra in found) == sorted(pushed)  # exactly one event each
+    for name, extra in found:
+        kind, what = pushed[extra["api_did"]]
+        sim = sandbox.fleet.by_iccid[what["iccid"]]
+        assert extra["iccid"] == sim.iccid
+        if kind == "mo_sms":
+            assert (name, extra["payload"], extra["text"]) == ("sim_insight_mo_sms", "post_sms", what["text"])
+            assert extra["msisdn"] == sim.msisdn  # from the fleet (an alert carries no MSISDN)
+        else:
+            assert (name, extra["level"], extra["level_mb"]) == ("sim_insight_usage_alerts", kind, what["level_mb"])
+
+
+def test_the_sandbox_pushes_mo_messages_and_alerts_on_command(push_airflow, sb):
+    sb.configure(now="2026-10-09T16:28:15Z")
+    sb.push_to(push_airflow.url, PASSPHRASE, retry_scale=0.01)
+    pushed = _pushed_by(sb, push_airflow)
+    _assert_one_event_each(sb, push_airflow, pushed)
+    events = push_airflow.events_of(set(pushed))
+    assert {extra["timestamp"] for _, extra in events} == {"2026-10-09T16:28:15+00:00"}  # the platforms' clock
+    assert sb.stats()["pushes"] == {"delivered": 3, "refused": 0, "posts": 3, "duplicates_sent": 0}
+    with pytest.raises(ValueError, match="not a SIM of the sandbox's fleet"):
+        sb.send_mo("8925401999999999999", "unknown SIM")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        sb.raise_alert(sb.fleet.iccids[0], "critical")
+    sb.reset()  # stops pushing
+    with pytest.raises(ValueError, match="call push_to"):
+        sb.send_mo(sb.fleet.iccids[0], "nobody listens")
+
+
+def test_a_spawned_sandbox_pushes_with_duplicates_one_event_per_distinct_item(push_airflow):
+    with Sandbox.spawn(fleet=50, seed=3) as remote:
+        remote.push_to(push_airflow.url, PASSPHRASE, retry_scale=0.01, duplicate_ratio=0.5)
+        pushed = _pushed_by(remote, push_airflow)
+        for iccid in remote.fleet.iccids[3:23]:
+            text = f"hello from {iccid}"
+            pushed[remote.send_mo(iccid, text)] = ("mo_sms", {"iccid": iccid, "text": text})
+        _assert_one_event_each(remote, push_airflow, pushed)
+
+        def all_answered():  # every item delivered, and every duplicate POSTed after it
+            s = remote.stats()["pushes"]
+            return s if s["delivered"] == len(pushed) and s["posts"] >= len(pushed) + s["duplicates_sent"] else None
+
+        stats = push_airflow.server.wait_until(all_answered, 30, "every push and duplicate answered", 0.2)
+    assert stats["duplicates_sent"] > 2
+    assert sorted(extra["api_did"] for _, extra in push_airflow.events_of(set(pushed))) == sorted(pushed)
 
 
 def test_a_dag_scheduled_on_the_mo_asset_runs_and_reports_the_reply(push_airflow):
