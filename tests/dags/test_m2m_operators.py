@@ -8,10 +8,10 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import ANCHOR, load_dag
+from conftest import ANCHOR, load_dag, needs_task_state_store
 
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
-from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE, AirflowFailException
+from airflow_provider_m2m.version_compat import AirflowFailException
 
 NOT_IN_FLEET = "8900000000000000000"
 DAY = dt.timedelta(days=1)
@@ -231,11 +231,7 @@ def test_send_sms_operator_bad_input_sends_nothing(sb, dags_folder):
     assert sb.received() == []
 
 
-@pytest.mark.skipif(
-    not HAS_TASK_STATE_STORE,
-    reason="asserts what the task state store spares a retry (Airflow 3.3+); without a store every SIM is looked "
-    "up on retry, tested by test_crash_resume's no-store run",
-)
+@needs_task_state_store
 def test_send_sms_operator_retry_does_not_resend(sb, dags_folder):
     sims = sb.fleet.iccids[220:224]
     dag = send_dag(
@@ -263,11 +259,7 @@ def test_send_sms_operator_retry_does_not_resend(sb, dags_folder):
     assert all(r["outcome"] == "success" for r in rows)
 
 
-@pytest.mark.skipif(
-    not HAS_TASK_STATE_STORE,
-    reason="asserts what the task state store spares a retry (Airflow 3.3+); without a store every SIM is looked "
-    "up on retry, tested by test_crash_resume's no-store run",
-)
+@needs_task_state_store
 def test_send_sms_operator_unknown_outcome_settled_from_history(sb, dags_folder):
     sims = sb.fleet.iccids[230:232]
     dag = send_dag(

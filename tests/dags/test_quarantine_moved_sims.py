@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, load_dag
+from conftest import ROOT, load_dag, needs_airflow_3_3_hitl
 from test_m2m_operators import states, xcom
-
-from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS
 
 DAG_FILE = ROOT / "dags" / "quarantine_moved_sims.py"
 DAG_ID = "quarantine_moved_sims"
@@ -114,11 +112,7 @@ def active_sims(sb, count: int) -> list[str]:
     return [i for i in active if sb.fleet.by_iccid[i].previous_imei and sb.fleet.by_iccid[i].last_change][:count]
 
 
-@pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS,
-    reason="answers the approval through Airflow 3.3's HITL REST API and scheduler timeout check; the approval "
-    "flow is tested on 3.3 only (README)",
-)
+@needs_airflow_3_3_hitl
 def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):
     sims = active_sims(sb, 3)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
@@ -148,11 +142,7 @@ def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):
     assert done["offered"] == sims and [row["iccid"] for row in done["outcomes"]] == chosen
 
 
-@pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS,
-    reason="answers the approval through Airflow 3.3's HITL REST API and scheduler timeout check; the approval "
-    "flow is tested on 3.3 only (README)",
-)
+@needs_airflow_3_3_hitl
 def test_reject_suspends_nothing(sb, dags_folder, tmp_path, api):
     sims = active_sims(sb, 3)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
@@ -166,11 +156,7 @@ def test_reject_suspends_nothing(sb, dags_folder, tmp_path, api):
     assert done["decision"] == f"Reject by {REVIEWER}" and done["approved"] == [] and done["outcomes"] == []
 
 
-@pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS,
-    reason="answers the approval through Airflow 3.3's HITL REST API and scheduler timeout check; the approval "
-    "flow is tested on 3.3 only (README)",
-)
+@needs_airflow_3_3_hitl
 def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path, api):
     """The scheduler's own sweep resolves a request past its deadline; ``dag.test()`` runs no scheduler."""
     from airflow.jobs.job import Job

@@ -5,10 +5,7 @@ platform refuses, duplicates, an empty list, and what the progress line says.
 
 from __future__ import annotations
 
-import pytest
-from conftest import load_dag
-
-from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE
+from conftest import load_dag, needs_task_state_store
 
 NOT_IN_FLEET = "8900000000000000000"  # valid syntax, unknown to the platform: "invalid iccid"
 
@@ -68,11 +65,7 @@ def test_refused_sim_fails_the_task_without_retry_after_every_sim_was_tried(sb, 
     assert "1 of 11 SMS refused by the platform for good" in out and NOT_IN_FLEET in out
 
 
-@pytest.mark.skipif(
-    not HAS_TASK_STATE_STORE,
-    reason="asserts what the task state store spares a retry (Airflow 3.3+); without a store a refused SIM "
-    "is tried again on retry, as the README says",
-)
+@needs_task_state_store
 def test_refused_sim_is_never_resent_when_unknown_outcomes_force_a_retry(sb, dags_folder):
     sims = [sb.fleet.iccids[420], NOT_IN_FLEET, *sb.fleet.iccids[421:424]]
     # The first SIM's answer is lost after the platform stored its message: unknown, so the task fails
