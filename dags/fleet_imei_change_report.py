@@ -8,7 +8,9 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
 * Input: a CSV fleet file with an ``iccid`` column (other columns, such as ``asset_name``, are carried into
   the report) at the URI in the ``fleet_uri`` param. The default is the sample fleet shipped beside this
   file, which matches the bundled sandbox.
-* The fleet is split into batches of ``batch_size`` SIMs; ``QueryImeiOperator`` is mapped over the batches,
+* The fleet is split into batches of ``batch_size`` SIMs (by default sized from the fleet and ``pool_slots`` so
+  that the batches fill the pool in as few waves as possible, see ``airflow_provider_m2m.sizing``);
+  ``QueryImeiOperator`` is mapped over the batches,
   each streaming its rows to object storage with ``max_workers`` calls in flight. The mapped tasks share
   the ``m2m_platform`` pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
 * ``plan_batches`` first checks the fleet file (an ICCID of 18-22 digits per row, each ICCID once, an optional
@@ -63,12 +65,22 @@ with DAG(
             description="URI of the fleet CSV (an iccid column, optional expected_imei; other columns are kept).",
         ),
         "batch_size": Param(
-            500,
-            type="integer",
+            None,
+            type=["null", "integer"],
             minimum=1,
             maximum=20000,
             title="SIMs per batch",
-            description="Each batch is one mapped task. Keep fleet size / batch size under 1024.",
+            description="Each batch is one mapped task. Empty: sized from the fleet and the pool slots (the "
+            "batches fill the pool in as few waves as possible); a number wins. Keep fleet size / batch size "
+            "under 1024.",
+        ),
+        "pool_slots": Param(
+            4,
+            type="integer",
+            minimum=1,
+            title="Batches at once",
+            description=f"The slots of the {POOL} pool: the automatic batch size gives every slot a batch "
+            "in each wave.",
         ),
         "max_workers": Param(
             16,
@@ -96,11 +108,17 @@ with DAG(
 
         audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
         folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
+        from airflow_provider_m2m.sizing import batch_size_for
+        from airflow_provider_m2m.version_compat import conf
+
         with bad_input_fails_task():  # before any platform call: a bad file is not retried
             iccids = check_inputs(params["fleet_uri"], audit, data_interval_start.date())
+        size = params["batch_size"] or batch_size_for(
+            len(iccids), params["pool_slots"], max_map_length=conf.getint("core", "max_map_length")
+        )
         batches = [
             {"iccids": chunk, "output_uri": f"{folder}/batches/batch-{n:05d}.csv"}
-            for n, chunk in enumerate(chunked(iccids, params["batch_size"]))
+            for n, chunk in enumerate(chunked(iccids, size))
         ]
         print(f"Fleet of {len(iccids)} SIMs in {len(batches)} batches; report folder {folder}")
         return batches
@@ -140,7 +158,7 @@ with DAG(
             result = audit_night(
                 fleet_uri=params["fleet_uri"],
                 batch_uris=[batch["output_uri"] for batch in batches],
-                batch_size=params["batch_size"],
+                batch_size=len(batches[0]["iccids"]) if batches else 1,  # what the plan cut
                 audit_folder=audit,
                 night=data_interval_start.date(),
                 since=data_interval_start,
