@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import csv
 import gzip
+import heapq
 import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from airflow.sdk import ObjectStoragePath
 
 T = TypeVar("T")
+
+#: At most this many sorted files are merged at once (open files); more are merged in rounds.
+FAN_IN = 64
 
 
 def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
@@ -70,15 +75,34 @@ def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator
     target = ObjectStoragePath(uri)
     partial = target.parent / f".{target.name}.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        partial.open("wb") as raw,
-        _packed(target, raw) as data,
-        io.TextIOWrapper(data, encoding="utf-8", newline="") as text,
-    ):
+    with partial.open("wb") as raw, _packed(target, raw) as data:
+        text = _Chunked(data)
         writer = csv.writer(text)
         writer.writerow(columns)
         yield lambda row: writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
+        text.flush()
     partial.rename(target)
+
+
+class _Chunked:
+    """
+    The text a ``csv.writer`` writes, encoded as UTF-8 and handed on in chunks of rows.
+
+    Not an ``io.TextIOWrapper``: that asks the file whether it is closed on every row, a Python-level call
+    through fsspec's file wrapper that made writing a report three times slower.
+    """
+
+    def __init__(self, data: BinaryIO, rows: int = 512) -> None:
+        self.data, self.rows, self.pending = data, rows, []
+
+    def write(self, text: str) -> None:
+        self.pending.append(text)
+        if len(self.pending) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        self.data.write("".join(self.pending).encode())
+        self.pending = []
 
 
 def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
@@ -88,6 +112,39 @@ def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
 
 def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
     return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else nullcontext(raw)
+
+
+def merged_csv(
+    uris: Sequence[str], work: str | ObjectStoragePath, columns: Sequence[str], key: str = "iccid"
+) -> Iterator[dict[str, str]]:
+    """
+    The rows of CSV files each sorted by ``key``, in ``key`` order: a k-way merge (:func:`heapq.merge`) that
+    streams, one row per file in memory.
+
+    At most :data:`FAN_IN` files are open at once: with more, groups of them are first merged into files under
+    ``work`` (``merge-<round>-<n>.csv``), in rounds; those are deleted once the rows have all been read.
+
+    :param uris: the sorted files; they are only read.
+    :param work: a folder for the intermediate merges.
+    :param columns: the columns of the files (and of the intermediate ones).
+    :param key: the column the files are sorted by.
+    """
+    by_key = itemgetter(key)
+    made: list[str] = []
+    try:
+        round_ = 0
+        while len(uris) > FAN_IN:
+            merged = []
+            for n, group in enumerate(chunked(uris, FAN_IN)):
+                uri = f"{work}/merge-{round_}-{n:05d}.csv"
+                write_csv(uri, columns, heapq.merge(*map(read_csv, group), key=by_key))
+                merged.append(uri)
+            made += merged
+            uris, round_ = merged, round_ + 1
+        yield from heapq.merge(*map(read_csv, uris), key=by_key)
+    finally:
+        for uri in made:
+            ObjectStoragePath(uri).unlink(missing_ok=True)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
