@@ -27,6 +27,9 @@ T = TypeVar("T")
 
 #: At most this many sorted files are merged at once (open files); more are merged in rounds.
 FAN_IN = 64
+#: Bytes an object store's file reads ahead: s3fs and gcsfs default to several MB per open file, which a merge
+#: of FAN_IN files would multiply; local files ignore it.
+READ_BLOCK = 1 << 18
 
 
 def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
@@ -37,13 +40,18 @@ def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
     """
     path = ObjectStoragePath(uri)
     with (
-        path.open("rb") as raw,
+        path.open("rb", block_size=READ_BLOCK) as raw,
         _unpacked(path, raw) as data,
         io.TextIOWrapper(data, encoding="utf-8-sig", newline="") as text,
     ):
-        for row in csv.DictReader(text):
-            if any((value or "").strip() for value in row.values()):
-                yield {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
+        # csv.reader, not DictReader: a third less time per row, and rows are read by the million.
+        lines = csv.reader(text)
+        header = [key.strip() for key in next(lines, ())]
+        for values in lines:
+            cells = [value.strip() for value in values[: len(header)]]
+            if any(cells):  # a blank line, or only commas
+                cells += [""] * (len(header) - len(cells))  # a short row: the missing cells are empty
+                yield dict(zip(header, cells, strict=True))
 
 
 def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pendulum
 
@@ -54,12 +54,13 @@ def as_window(since: object, before: object) -> tuple[pendulum.DateTime | None, 
     return start, end
 
 
-def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[object, int | None]:
+def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[Iterable[str], int]:
     """
-    Exactly one of ``iccids`` (the ICCIDs themselves) and ``iccids_uri`` (a CSV file of them): what to query
-    and, for a file, how many SIMs it lists (every line checked, see :func:`iccid_file`).
+    Exactly one of ``iccids`` (the ICCIDs themselves) and ``iccids_uri`` (a CSV file of them), checked: what to
+    query, and how many SIMs that is.
 
-    :returns: ``(iccids, None)``, or ``(a lazy iterator over the file's ICCIDs, their count)``.
+    :returns: ``(the checked ICCIDs, their count)``; for a file, after every line was checked (see
+        :func:`iccid_file`), a lazy iterator that reads it again.
     """
     given = [name for name, value in (("iccids", iccids), ("iccids_uri", iccids_uri)) if value not in (None, "")]
     if len(given) != 1:
@@ -69,7 +70,8 @@ def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[object, int | N
             f"{' and '.join(given) or 'neither'} given",
         )
     if iccids_uri in (None, ""):
-        return iccids, None
+        numbers = iccid_rules.validate_many(iccids)
+        return numbers, len(numbers)
     if not isinstance(iccids_uri, str):
         raise InvalidRequestError("iccids_uri", f"must be a URI string, not {type(iccids_uri).__name__}")
     count = sum(1 for _ in iccid_file(iccids_uri))  # the whole file first: a bad line sends nothing

@@ -120,9 +120,6 @@ class QueryImeiOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
             numbers, listed = as_iccid_source(self.iccids, self.iccids_uri)
-            if listed is None:
-                numbers = iccid_rules.validate_many(numbers)
-                listed = len(numbers)
             window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
