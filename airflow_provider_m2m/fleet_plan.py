@@ -9,8 +9,8 @@ Layout under the night's folder (``<report_base_uri>/fleet_imei_change_report/<Y
 
 Why this shape:
 
-* XCom: the plan returns ``{"batch": n, "sims": count}`` per batch, about 27 bytes, so 1,024 batches are
-  about 28 kB with Airflow's default XCom backend; each mapped task derives its two URIs from ``n`` and its
+* XCom: the plan returns ``{"batch": n, "sims": count}`` per batch, about 30 bytes of JSON, so 1,000 batches
+  are about 30 kB with Airflow's default XCom backend; each mapped task derives its two URIs from ``n`` and its
   own run (:func:`batch_uris`), as the plan did, instead of reading them from XCom.
 * Memory: the fleet file streams through; one batch is in memory at a time (sorted, then written). The check
   that each ICCID is listed once is a k-way merge of the sorted batch files

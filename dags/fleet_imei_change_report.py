@@ -10,7 +10,7 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
   file, which matches the bundled sandbox.
 * ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs to object storage beside the report
   (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_plan``) and returns only a small item
-  per batch (its number and SIM count: about 28 kB of XCom for 1,024 batches, whatever the fleet size).
+  per batch (its number and SIM count: about 30 kB of XCom for 1,000 batches, whatever the fleet size).
   ``QueryImeiOperator`` is mapped over the batches, each reading its ICCIDs from ``iccids_uri`` and streaming
   its rows to ``output_uri`` with ``max_workers`` calls in flight. The mapped tasks share the ``m2m_platform``
   pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
