@@ -8,14 +8,17 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
 * Input: a CSV fleet file with an ``iccid`` column (other columns, such as ``asset_name``, are carried into
   the report) at the URI in the ``fleet_uri`` param. The default is the sample fleet shipped beside this
   file, which matches the bundled sandbox.
-* The fleet is split into batches of ``batch_size`` SIMs (by default sized from the fleet and ``pool_slots`` so
-  that the batches fill the pool in as few waves as possible, see ``airflow_provider_m2m.sizing``);
-  ``QueryImeiOperator`` is mapped over the batches,
-  each streaming its rows to object storage with ``max_workers`` calls in flight. The mapped tasks share
-  the ``m2m_platform`` pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
+* ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs (left empty: sized from the fleet and
+  ``pool_slots`` so that the batches fill the pool in as few full waves as possible, see
+  ``airflow_provider_m2m.sizing``) to object storage beside the report
+  (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_plan``) and returns only a small item
+  per batch (its number and SIM count: about 30 kB of XCom for 1,000 batches, whatever the fleet size).
+  ``QueryImeiOperator`` is mapped over the batches, each reading its ICCIDs from ``iccids_uri`` and streaming
+  its rows to ``output_uri`` with ``max_workers`` calls in flight. The mapped tasks share the ``m2m_platform``
+  pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
 * ``plan_batches`` first checks the fleet file (an ICCID of 18-22 digits per row, each ICCID once, an optional
   ``expected_imei`` that is an IMEI) and the previous audit state: bad input fails the run, naming the file,
-  line and rule, before any platform call.
+  line(s) and rule, before any platform call.
 * ``build_report`` compares every SIM with the audit state of the last successful night before this one (kept
   beside the reports, see ``airflow_provider_m2m.audit_state``), writes
   ``<report_base_uri>/fleet_imei_change_report/<interval start date>/imei_changes.csv`` and ``summary.json``
@@ -101,27 +104,30 @@ with DAG(
 
     @task
     def plan_batches(params=None, data_interval_start=None) -> list[dict]:
-        """Check the fleet file and the previous audit state, then cut the fleet into batches."""
-        from airflow_provider_m2m.audit_state import check_inputs
-        from airflow_provider_m2m.files import chunked, report_folder
+        """Check the fleet file and the previous audit state, then write the fleet's batches to object storage."""
+        from airflow_provider_m2m.fleet_plan import fleet_batch_size, night_folder, plan_fleet, plan_size
         from airflow_provider_m2m.task_failures import bad_input_fails_task
-
-        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
-        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
-        from airflow_provider_m2m.sizing import batch_size_for
         from airflow_provider_m2m.version_compat import conf
 
+        night = data_interval_start.date()
         with bad_input_fails_task():  # before any platform call: a bad file is not retried
-            iccids = check_inputs(params["fleet_uri"], audit, data_interval_start.date())
-        size = params["batch_size"] or batch_size_for(
-            len(iccids), params["pool_slots"], max_map_length=conf.getint("core", "max_map_length")
-        )
-        batches = [
-            {"iccids": chunk, "output_uri": f"{folder}/batches/batch-{n:05d}.csv"}
-            for n, chunk in enumerate(chunked(iccids, size))
-        ]
-        print(f"Fleet of {len(iccids)} SIMs in {len(batches)} batches; report folder {folder}")
-        return batches
+            size = fleet_batch_size(
+                params["fleet_uri"], params["batch_size"], params["pool_slots"], conf.getint("core", "max_map_length")
+            )
+            plan = plan_fleet(params["fleet_uri"], params["report_base_uri"], night, size)
+        sims, folder = sum(batch["sims"] for batch in plan), night_folder(params["report_base_uri"], night)
+        print(f"Fleet of {sims} SIMs in {len(plan)} batches ({plan_size(plan)} bytes of XCom); report folder {folder}")
+        return plan
+
+    def batch_files(batch: dict) -> dict:
+        """Runs in each mapped task: its batch's files, from its run (the plan's XCom carries no URIs)."""
+        from airflow.sdk import get_current_context
+
+        from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+
+        context = get_current_context()
+        folder = night_folder(context["params"]["report_base_uri"], context["data_interval_start"].date())
+        return batch_uris(folder, batch["batch"])
 
     batches = plan_batches()
 
@@ -130,7 +136,7 @@ with DAG(
         pool=POOL,
         max_workers="{{ params.max_workers }}",
         map_index_template="{{ task.output_uri.rsplit('/', 1)[-1] }}",
-    ).expand_kwargs(batches)
+    ).expand_kwargs(batches.map(batch_files))
 
     # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
     # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.
@@ -144,11 +150,11 @@ with DAG(
         from airflow.sdk import ObjectStoragePath
 
         from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
-        from airflow_provider_m2m.files import report_folder
+        from airflow_provider_m2m.fleet_plan import audit_folder, batch_uris, night_folder
         from airflow_provider_m2m.version_compat import AirflowFailException
 
-        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
-        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
+        folder = night_folder(params["report_base_uri"], data_interval_start.date())
+        files = [batch_uris(folder, batch["batch"]) for batch in batches]
         summary = {
             "interval_start": data_interval_start.isoformat(),
             "interval_end": data_interval_end.isoformat(),
@@ -156,10 +162,8 @@ with DAG(
         }
         try:
             result = audit_night(
-                fleet_uri=params["fleet_uri"],
-                batch_uris=[batch["output_uri"] for batch in batches],
-                batch_size=len(batches[0]["iccids"]) if batches else 1,  # what the plan cut
-                audit_folder=audit,
+                batches=[(uris["iccids_uri"], uris["output_uri"]) for uris in files],
+                audit_folder=audit_folder(params["report_base_uri"]),
                 night=data_interval_start.date(),
                 since=data_interval_start,
             )

@@ -62,3 +62,13 @@ def test_bad_counts_are_refused_naming_the_field(args, field):
         batch_size_for(10, 4, max_batch_size=0)
     with pytest.raises(ValueError, match="max_map_length"):
         batch_size_for(10, 4, max_map_length=0)
+
+
+def test_the_fleet_plan_sizes_from_the_fleet_file_unless_a_batch_size_is_given(tmp_path):
+    from airflow_provider_m2m.fleet_plan import fleet_batch_size
+    from airflow_provider_m2m.sandbox import Fleet
+
+    fleet = Fleet(1_001).write_csv(tmp_path / "fleet.csv").as_uri()
+    assert fleet_batch_size(fleet, None, 4, 1024) == 251  # 1,001 rows: 251 + 251 + 251 + 248, one wave of 4
+    assert fleet_batch_size(fleet, None, 3, 2) == 501  # the map allows 2 batches only
+    assert fleet_batch_size(fleet, 70, 4, 1024) == 70  # an explicit batch size wins
