@@ -168,6 +168,8 @@ async def _send_once(
             found = await hook.afind_sms(client, number, uid)
         except AuthenticationError:
             raise
+        except M2mApiError as exc:  # the platform refuses the SIM itself (invalid iccid): no SMS can reach it
+            return {**row, "outcome": "failed", "error": f"refused by the platform: {exc}; not resent"}, FAILED
         except M2mProviderError as exc:  # cannot tell whether the earlier try's message went out
             return {**row, "outcome": "unknown", "error": f"SMS history lookup failed: {exc}"}, PENDING
         if found:

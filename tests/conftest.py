@@ -37,24 +37,6 @@ DARAJA_SECRET = "sec-Vx3LEAKCHECK-daraja"
 SECRETS = (M2M_PASSWORD, DARAJA_SECRET)
 
 
-def _version_gates():
-    from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS, HAS_TASK_STATE_STORE
-
-    return AIRFLOW_V_3_3_PLUS, HAS_TASK_STATE_STORE
-
-
-#: Tests of what the task state store (Airflow 3.3+) spares a retry. Without a store every SIM is looked up on
-#: retry and a refused SIM is tried again, as the README says; test_crash_resume's no-store run covers that path.
-needs_task_state_store = pytest.mark.skipif(
-    not _version_gates()[1], reason="asserts what the task state store (Airflow 3.3+) spares a retry"
-)
-#: Tests that answer a human-in-the-loop step through Airflow 3.3's HITL REST API and scheduler timeout check:
-#: the approval flow is tested on 3.3 only (README, "Supported Airflow versions").
-needs_airflow_3_3_hitl = pytest.mark.skipif(
-    not _version_gates()[0], reason="answers the approval through Airflow 3.3's HITL API; tested on 3.3 only"
-)
-
-
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     """The session's Airflow home."""

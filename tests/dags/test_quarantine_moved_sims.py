@@ -1,7 +1,8 @@
 """
 The ``quarantine_moved_sims`` example DAG under ``dag.test()``, its approval answered the way a person's is:
 through Airflow's public REST API (the api-server app, in this process, on the same metadata DB), or left
-unanswered until the scheduler's own timeout sweep resolves it.
+unanswered until the timeout resolves it: on Airflow 3.3 the scheduler's own sweep, before 3.3 the HITL
+trigger's own deadline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, load_dag, needs_airflow_3_3_hitl
+from conftest import ROOT, load_dag
 from test_m2m_operators import states, xcom
 
 DAG_FILE = ROOT / "dags" / "quarantine_moved_sims.py"
@@ -21,6 +22,40 @@ DAG_ID = "quarantine_moved_sims"
 REVIEWER, REVIEWER_PASSWORD = "reviewer", "reviewer-password"
 
 pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(autouse=True)
+def hitl_trigger_answered_in_dag_test(monkeypatch):
+    """
+    Before Airflow 3.3 a HITL step defers to ``HITLTrigger``, which reads and writes the answer through two
+    messages only the triggerer's supervisor handles (``GetHITLDetailResponse``, ``UpdateHITLDetail``).
+    ``dag.test()`` runs the trigger in-process, and its in-process supervisor answers neither (the trigger
+    then fails on ``None``). Give it the triggerer's own handling: the same execution-API calls, so the
+    answer still travels REST API -> metadata DB -> execution API -> trigger. Airflow 3.3 needs nothing
+    (the step waits in ``awaiting_input`` with no trigger).
+    """
+    from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS
+
+    if AIRFLOW_V_3_3_PLUS:
+        return
+    from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult
+    from airflow.sdk.execution_time.comms import GetHITLDetailResponse, UpdateHITLDetail
+    from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
+
+    handle = InProcessTestSupervisor._handle_request
+
+    def handle_like_the_triggerer(self, msg, log, req_id, *args, **kwargs):
+        if isinstance(msg, GetHITLDetailResponse):
+            answer = self.client.hitl.get_detail_response(ti_id=msg.ti_id)
+        elif isinstance(msg, UpdateHITLDetail):
+            answer = self.client.hitl.update_response(
+                ti_id=msg.ti_id, chosen_options=msg.chosen_options, params_input=msg.params_input
+            )
+        else:
+            return handle(self, msg, log, req_id, *args, **kwargs)
+        self.send_msg(HITLDetailResponseResult.from_api_response(response=answer), request_id=req_id)
+
+    monkeypatch.setattr(InProcessTestSupervisor, "_handle_request", handle_like_the_triggerer)
 
 
 @pytest.fixture
@@ -112,7 +147,6 @@ def active_sims(sb, count: int) -> list[str]:
     return [i for i in active if sb.fleet.by_iccid[i].previous_imei and sb.fleet.by_iccid[i].last_change][:count]
 
 
-@needs_airflow_3_3_hitl
 def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):
     sims = active_sims(sb, 3)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
@@ -142,7 +176,6 @@ def test_approve_some_deactivates_exactly_those(sb, dags_folder, tmp_path, api):
     assert done["offered"] == sims and [row["iccid"] for row in done["outcomes"]] == chosen
 
 
-@needs_airflow_3_3_hitl
 def test_reject_suspends_nothing(sb, dags_folder, tmp_path, api):
     sims = active_sims(sb, 3)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
@@ -156,11 +189,13 @@ def test_reject_suspends_nothing(sb, dags_folder, tmp_path, api):
     assert done["decision"] == f"Reject by {REVIEWER}" and done["approved"] == [] and done["outcomes"] == []
 
 
-@needs_airflow_3_3_hitl
 def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path, api):
-    """The scheduler's own sweep resolves a request past its deadline; ``dag.test()`` runs no scheduler."""
-    from airflow.jobs.job import Job
-    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    """
+    A request past its deadline resolves to the default (Reject). On Airflow 3.3 the scheduler's sweep does
+    it, and ``dag.test()`` runs no scheduler, so the test sweeps as the scheduler does; before 3.3 the HITL
+    trigger itself applies the timeout.
+    """
+    from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS
 
     sims = active_sims(sb, 2)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
@@ -171,6 +206,9 @@ def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path
     finished, failures = threading.Event(), []
 
     def sweep_like_the_scheduler() -> None:
+        from airflow.jobs.job import Job
+        from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
         while not finished.wait(0.5):
             try:
                 SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
@@ -179,12 +217,14 @@ def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path
                 return
 
     sweeper = threading.Thread(target=sweep_like_the_scheduler, daemon=True)
-    sweeper.start()
+    if AIRFLOW_V_3_3_PLUS:
+        sweeper.start()
     try:
         dr = run_dag(dags_folder, report, reviewer, source)
     finally:
         finished.set()
-        sweeper.join(5)
+        if sweeper.is_alive():
+            sweeper.join(5)
     assert failures == []
 
     assert reviewer.request is not None  # the request was there, and nobody answered it
