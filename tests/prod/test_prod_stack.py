@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import time
 from collections import Counter
 
@@ -23,6 +24,7 @@ from stack import S3_ROOT, WORKERS
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
 DAY = dt.timedelta(days=1)
 PLAN_XCOM_LIMIT = 64 * 1024
+SMS_DELIVERY_DELAY = 2.0  # the sandbox's default: seconds until a message settles
 
 
 def _rows(stack, uri: str) -> list[dict[str, str]]:
@@ -114,7 +116,6 @@ def test_nightly_audit_of_100k_sims_on_celery_and_s3(stack, tmp_path):
         f"\naudit of {size} SIMs, batches of {batch_size}, triggered through POST dagRuns for {interval[0]:%Y-%m-%d}:"
     )
     checked = _check_audit(stack, run_id, conf, interval, size)
-    assert checked["plan_bytes"] < PLAN_XCOM_LIMIT, f"plan XCom {checked['plan_bytes']} bytes"
 
     batches = stack.task_instances(FLEET_DAG, run_id, "query_imeis")
     assert len(batches) == checked["batches"] and {ti["state"] for ti in batches} == {"success"}
@@ -131,4 +132,174 @@ def test_nightly_audit_of_100k_sims_on_celery_and_s3(stack, tmp_path):
         f"  batches by worker {dict(hosts)}; at most {most} at once (pool of {stack.pool_slots} slots); "
         f"{calls} query_imei calls, {limited} answered 429; trigger to report {wall:.0f} s, "
         f"platform floor {floor:.0f} s: {floor / wall:.2f} of the limit"
+    )
+    assert checked["plan_bytes"] < PLAN_XCOM_LIMIT, f"plan XCom {checked['plan_bytes']} bytes, over 64 KB"
+
+
+# ------------------------------------------------------------------------------------------------ SMS runs
+def _sims_for_sms(stack, first: int, count: int) -> list[str]:
+    """``count`` SIMs from fleet index ``first`` on whose messages settle (delivered or failed, never pending)."""
+    fleet = stack.sandbox.fleet
+    return [sim.iccid for sim in fleet.sims[first:] if fleet.sms_fate(sim.iccid) != "pending"][:count]
+
+
+def _sms_run(stack, iccids: list[str], text: str, batch_size: int = 250, wait_minutes: int = 10) -> str:
+    conf = {
+        "iccids": iccids,
+        "message_text": text,
+        "dry_run": False,
+        "delivery_wait_minutes": wait_minutes,
+        "batch_size": batch_size,
+        "report_base_uri": f"{S3_ROOT}/sms",
+    }
+    return stack.trigger(SMS_DAG, conf, logical_date=dt.datetime.now(dt.UTC))
+
+
+def _wait_watching(stack, run_id: str, task_id: str, timeout: float) -> tuple[str, set[str]]:
+    """Wait for the SMS run to finish; its state and every state ``task_id`` was seen in meanwhile."""
+    seen: set[str] = set()
+
+    def finished():
+        seen.update(ti["state"] for ti in stack.task_instances(SMS_DAG, run_id, task_id) if ti["state"])
+        return (state := stack.run_state(SMS_DAG, run_id)) in ("success", "failed") and state
+
+    return stack.airflow.wait_until(finished, timeout, f"SMS run {run_id}", interval=1), seen
+
+
+def _check_sms_run(stack, run_id: str, iccids: list[str], before: dict) -> dict:
+    """One message per SIM (the sandbox's counts), and a delivery report with every SIM's final state."""
+    fleet = stack.sandbox.fleet
+    sent = stack.sandbox.stats()["sms_per_iccid"]
+    delta = {i: n - before.get(i, 0) for i, n in sent.items() if n != before.get(i, 0)}
+    assert delta == dict.fromkeys(iccids, 1), f"messages per SIM: {Counter(delta.values())}, {len(delta)} SIMs"
+    result, _ = stack.xcom(SMS_DAG, run_id, "write_report")
+    rows = _rows(stack, result["report_csv"])
+    assert [r["iccid"] for r in rows] == iccids
+    assert {r["outcome"] for r in rows} == {"success"} and all(r["sms_uid"] for r in rows)
+    assert [r["delivery"] for r in rows] == [fleet.sms_fate(i) for i in iccids]
+    assert all(bool(r["delivered_at"]) == (r["delivery"] == "delivered") for r in rows)
+    return dict(Counter(r["delivery"] for r in rows))
+
+
+@pytest.mark.timeout(600)
+def test_sms_run_waits_for_delivery_in_the_triggerer(stack):
+    iccids = _sims_for_sms(stack, 1_000, 500)
+    before = stack.sandbox.stats()["sms_per_iccid"]
+    # Messages that settle 25 s after they are sent: the wait's first poke finds them pending, so it defers.
+    stack.sandbox.configure(sms_delivery_delay=25)
+    try:
+        run_id = _sms_run(stack, iccids, "Prod stack: service notice.")
+        state, seen = _wait_watching(stack, run_id, "wait_for_delivery", timeout=500)
+    finally:
+        stack.sandbox.configure(sms_delivery_delay=SMS_DELIVERY_DELAY)
+    assert state == "success", stack.task_instances(SMS_DAG, run_id)
+    assert "deferred" in seen, f"the delivery wait was never deferred: {seen}"
+    (wait,) = stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")
+    assert wait["state"] == "success"
+    assert "SmsDeliveryTrigger" in (stack.airflow.logs / "triggerer.log").read_text("utf-8", "replace")
+    delivery = _check_sms_run(stack, run_id, iccids, before)
+    hosts = Counter(ti["hostname"] for ti in stack.task_instances(SMS_DAG, run_id, "send_sms"))
+    print(
+        f"\nSMS run to {len(iccids)} SIMs in {sum(hosts.values())} batches (by worker {dict(hosts)}): one message "
+        f"per SIM (the sandbox's counts); the wait was deferred to the triggerer ({sorted(seen)}); "
+        f"report complete, delivery {delivery} = each SIM's fate"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ faults
+def _running(stack, dag_id: str, run_id: str, task_id: str) -> list[dict]:
+    return [ti for ti in stack.task_instances(dag_id, run_id, task_id) if ti["state"] == "running"]
+
+
+@pytest.mark.timeout(600)
+def test_worker_killed_mid_sms_run_sends_no_sim_twice(stack):
+    iccids = _sims_for_sms(stack, 5_000, 500)
+    before = stack.sandbox.stats()["sms_per_iccid"]
+    stack.sandbox.configure(latency=1.0)  # 500 sends at 16 in flight: about 30 s, time to kill the worker mid-way
+    try:
+        run_id = _sms_run(stack, iccids, "Prod stack: worker killed mid-run.", batch_size=500)
+
+        def sending():
+            sent = sum(n - before.get(i, 0) for i, n in stack.sandbox.stats()["sms_per_iccid"].items())
+            running = _running(stack, SMS_DAG, run_id, "send_sms")
+            return 100 <= sent < 400 and running and (running[0]["hostname"], sent)
+
+        victim, sent_then = stack.airflow.wait_until(sending, 300, "the SMS batch to be half sent", interval=0.5)
+        stack.kill_worker(victim)
+    finally:
+        stack.sandbox.configure(latency=stack.sandbox_options["latency"])
+    try:
+        state = stack.wait_for_run(SMS_DAG, run_id, timeout=500)
+    finally:
+        stack.restart(victim)
+    assert state == "success", stack.task_instances(SMS_DAG, run_id)
+    tries = sorted(stack.tries(SMS_DAG, run_id, "send_sms"), key=lambda ti: ti["try_number"])
+    assert [ti["hostname"] for ti in tries][0] == victim and tries[-1]["hostname"] != victim, tries
+    assert tries[-1]["state"] == "success" and tries[-1]["try_number"] >= 2
+    _check_sms_run(stack, run_id, iccids, before)
+
+    # The ledger the retry read is the task state store, in PostgreSQL.
+    rows = stack.postgres.query(
+        "SELECT key, value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'send_sms'",
+        (SMS_DAG, run_id),
+    )
+    ledger = {}
+    for key, value in rows:
+        assert key.startswith("sms:"), key
+        ledger.update(json.loads(value) if isinstance(value, str) else value)
+    assert set(ledger) == set(iccids) and set(ledger.values()) == {"sent"}, Counter(ledger.values())
+    print(
+        f"\nSMS run to {len(iccids)} SIMs: worker {victim} SIGKILLed after {sent_then} messages; the retry "
+        f"(try {tries[-1]['try_number']}) ran on {tries[-1]['hostname']} and sent each SIM exactly one message; "
+        f"the ledger is {len(rows)} rows of PostgreSQL's task_state_store, every SIM 'sent'"
+    )
+
+
+@pytest.mark.timeout(900)
+def test_worker_killed_mid_audit_report_still_exact(stack, tmp_path):
+    size, batch_size = 10_000, 1_000
+    run_id, conf, interval = _audit(stack, tmp_path, size, batch_size, "killed-worker", dt.timedelta(hours=1))
+
+    def batches_running():
+        running = _running(stack, FLEET_DAG, run_id, "query_imeis")
+        return len(running) >= 2 and running[0]["hostname"]
+
+    victim = stack.airflow.wait_until(batches_running, 300, "the audit's batches to run", interval=0.5)
+    time.sleep(3)  # into the batches' platform calls
+    stack.kill_worker(victim)
+    try:
+        state = stack.wait_for_run(FLEET_DAG, run_id, timeout=700)
+    finally:
+        stack.restart(victim)
+    assert state == "success", stack.task_instances(FLEET_DAG, run_id)
+    retried = [ti for ti in stack.task_instances(FLEET_DAG, run_id, "query_imeis") if ti["try_number"] > 1]
+    assert retried and all(ti["hostname"] != victim for ti in retried), retried
+    print(f"\naudit of {size} SIMs: worker {victim} SIGKILLed mid-batch; {len(retried)} batches retried elsewhere")
+    _check_audit(stack, run_id, conf, interval, size)
+    tries = stack.tries(FLEET_DAG, run_id, "query_imeis")
+    first = {t["map_index"]: t["hostname"] for t in tries if t["try_number"] == 1}
+    assert {first[ti["map_index"]] for ti in retried} == {victim}, first
+
+
+@pytest.mark.timeout(600)
+def test_triggerer_restarted_during_the_delivery_wait(stack):
+    iccids = _sims_for_sms(stack, 10_000, 300)
+    before = stack.sandbox.stats()["sms_per_iccid"]
+    stack.sandbox.configure(sms_delivery_delay=45)  # the messages settle 45 s after they are sent
+    try:
+        run_id = _sms_run(stack, iccids, "Prod stack: triggerer restarted.", batch_size=300)
+        deferred = lambda: [ti for ti in stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")  # noqa: E731
+                            if ti["state"] == "deferred"]  # fmt: skip
+        stack.airflow.wait_until(deferred, 300, "the delivery wait to be deferred", interval=1)
+    finally:
+        stack.sandbox.configure(sms_delivery_delay=SMS_DELIVERY_DELAY)
+    stack.restart("triggerer")  # SIGKILL, then a new triggerer: the trigger is picked up again
+    state = stack.wait_for_run(SMS_DAG, run_id, timeout=500)
+    assert state == "success", stack.task_instances(SMS_DAG, run_id)
+    (wait,) = stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")
+    assert wait["state"] == "success"
+    delivery = _check_sms_run(stack, run_id, iccids, before)
+    print(
+        f"\nSMS run to {len(iccids)} SIMs, messages settling after 45 s: the triggerer SIGKILLed and restarted "
+        f"while the wait was deferred; the wait finished, delivery {delivery}, nothing lost"
     )
