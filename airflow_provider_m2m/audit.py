@@ -138,34 +138,31 @@ def expected_imei(value: str | None) -> str | None:
     return imei.normalize(value)
 
 
-def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[tuple[str, str | None]]:
+def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Mapping[str, str]]:
     """
-    Yield ``(iccid, expected_imei)`` of each fleet row, checking the rows: an ICCID of 18 to 22 digits, each
-    ICCID once, an ``expected_imei`` that is empty or an IMEI. Keeps every ICCID seen (the planner's job).
+    Yield each fleet row (its ``iccid`` stripped), checking it: an ICCID of 18 to 22 digits, an ``expected_imei``
+    that is empty or an IMEI. Row by row, holding nothing: that each ICCID is listed once is checked on the
+    sorted batch files (:mod:`airflow_provider_m2m.fleet_plan`).
 
     :param rows: the fleet file's rows (the header is line 1).
     :param source: the file's name, for the messages.
     :raises InvalidRequestError: naming the file, the line and the rule.
 
-    >>> list(checked_fleet([{"iccid": "8925401000000000001"}, {"iccid": "8925401000000000001"}], "fleet.csv"))
+    >>> list(checked_fleet([{"iccid": "8925401000000000001"}, {"iccid": "89254010000000000O2"}], "fleet.csv"))
     Traceback (most recent call last):
         ...
-    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file fleet.csv line 3: iccid 8925401000000000001 \
-is listed twice (first on line 2): each SIM must appear once
+    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file fleet.csv line 3: iccid '89254010000000000O2': \
+must be 18 to 22 digits
     """
-    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         iccid = (row.get("iccid") or "").strip()
         if error := _iccid_error(iccid):
             raise InvalidRequestError(f"fleet file {source} line {line}", error)
-        if iccid in first_line:
-            rule = f"iccid {iccid} is listed twice (first on line {first_line[iccid]}): each SIM must appear once"
-            raise InvalidRequestError(f"fleet file {source} line {line}", rule)
-        first_line[iccid] = line
         try:
-            yield iccid, expected_imei(row.get("expected_imei"))
+            expected_imei(row.get("expected_imei"))
         except ValueError as exc:
             raise InvalidRequestError(f"fleet file {source} line {line}", f"expected_imei: {exc}") from None
+        yield {**row, "iccid": iccid}
 
 
 def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]:

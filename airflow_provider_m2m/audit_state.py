@@ -5,6 +5,7 @@ turns a night's batch files into its report.
 Layout under the audit folder (``<report_base_uri>/fleet_imei_change_report``)::
 
     state/<YYYY-MM-DD>.csv.gz            one per successful night (its interval start): iccid,imei,last_change
+    <YYYY-MM-DD>/batches/input-N.csv     each batch's fleet rows, sorted by ICCID (see fleet_plan)
     <YYYY-MM-DD>/batches/batch-N.csv     the query rows of each batch (QueryImeiOperator's output_uri)
     <YYYY-MM-DD>/imei_changes.csv        the night's report
     <YYYY-MM-DD>/work/                   sorted runs and per-status parts while the diff runs (removed after)
@@ -12,9 +13,10 @@ Layout under the audit folder (``<report_base_uri>/fleet_imei_change_report``)::
 Why this shape:
 
 * A state file is a gzip-compressed CSV sorted by ICCID: about 20 MB for 1,000,000 SIMs, readable by any
-  tool, and sorted so that the night's diff is a merge-join that streams: each batch file is sorted on its own
-  (one batch in memory), the sorted runs are merged (:func:`heapq.merge`, at most :data:`FAN_IN` files open)
-  and walked side by side with the previous state. Memory depends on the batch size, not on the fleet.
+  tool, and sorted so that the night's diff is a merge-join that streams: each batch's sorted input file is
+  joined with its query rows (one batch in memory), the sorted runs are merged
+  (:func:`~airflow_provider_m2m.files.merged_csv`, at most ``FAN_IN`` files open) and walked side by side
+  with the previous state. Memory depends on the batch size, not on the fleet.
 * It is written only when the night's report is written, and moved into place last, so a failed night leaves
   no state and the next night compares against the last successful one.
 * A night compares against the newest state of a night *before* it, so a rerun of an old night reproduces
@@ -27,12 +29,10 @@ Why this shape:
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -42,16 +42,13 @@ from airflow_provider_m2m.audit import (
     STATUSES,
     Seen,
     audit_sim,
-    checked_fleet,
     expected_imei,
     read_state,
 )
-from airflow_provider_m2m.files import chunked, csv_writer, read_csv, write_csv
+from airflow_provider_m2m.files import csv_writer, merged_csv, read_csv, write_csv
 
 #: States kept: the newest this many nights (a week of reruns that reproduce their rows).
 KEEP_NIGHTS = 7
-#: At most this many sorted runs are merged at once (open files); more are merged in rounds.
-FAN_IN = 64
 #: The query columns a batch file holds (QueryImeiOperator's CSV).
 QUERY_COLUMNS = ("current_imei", "last_change", "previous_imei", "error")
 
@@ -84,25 +81,21 @@ def previous_state(audit_folder: str, night: dt.date) -> ObjectStoragePath | Non
     return max(before, key=lambda p: p.name, default=None)
 
 
-def check_inputs(fleet_uri: str, audit_folder: str, night: dt.date) -> list[str]:
+def check_previous_state(audit_folder: str, night: dt.date) -> None:
     """
-    Check the fleet file and the previous state before any platform call; return the fleet's ICCIDs.
+    Read the previous state through before any platform call: a night cannot be trusted without it.
 
     :raises InvalidRequestError: naming the file, the line and the rule.
     """
-    iccids = [iccid for iccid, _ in checked_fleet(read_csv(fleet_uri), fleet_uri)]
     previous = previous_state(audit_folder, night)
     if previous is not None:
         for _ in read_state(read_csv(previous), str(previous)):
             pass
-    return iccids
 
 
 def audit_night(
     *,
-    fleet_uri: str,
-    batch_uris: Sequence[str],
-    batch_size: int,
+    batches: Sequence[tuple[str, str]],
     audit_folder: str,
     night: dt.date,
     since: dt.datetime,
@@ -111,9 +104,8 @@ def audit_night(
     """
     Diff the night's batch files against the previous state; write the report, then the night's state.
 
-    :param fleet_uri: the fleet file the batches were cut from (``batch_size`` rows each, in order).
-    :param batch_uris: each batch's query CSV, in fleet order.
-    :param batch_size: the SIMs per batch the plan used.
+    :param batches: ``(input_uri, output_uri)`` of each batch: its fleet rows sorted by ICCID (the plan's
+        file, see :mod:`~airflow_provider_m2m.fleet_plan`) and its query CSV.
     :param audit_folder: ``<report_base_uri>/fleet_imei_change_report``.
     :param night: the data interval's start date (names the report folder and the state).
     :param since: the data interval's start (see :func:`~airflow_provider_m2m.audit.audit_sim`).
@@ -121,19 +113,17 @@ def audit_night(
     :returns: ``report_csv``, ``state``, ``previous_state`` and the counts (``fleet_size`` and each status).
     :raises NightIncomplete: a batch file is missing (nothing is written).
     """
-    missing = [uri.rsplit("/", 1)[-1] for uri in batch_uris if not ObjectStoragePath(uri).exists()]
+    missing = [uri.rsplit("/", 1)[-1] for _, uri in batches if not ObjectStoragePath(uri).exists()]
     if missing:
         raise NightIncomplete(missing)
     folder = f"{audit_folder}/{night:%Y-%m-%d}"
     work = ObjectStoragePath(f"{folder}/work")
-    fleet = read_csv(fleet_uri)
-    first = next(fleet, None)
-    extra = [c for c in (first or {}) if c != "iccid" and c not in QUERY_COLUMNS]
+    first = next(read_csv(batches[0][0]), {}) if batches else {}
+    extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
     run_columns = ("iccid", *extra, *QUERY_COLUMNS)
-    chunks = chunked(chain([first] if first else [], fleet), batch_size)
     runs = [
-        _sorted_run(chunk, uri, f"{work}/run-{n:05d}.csv", run_columns)
-        for n, (chunk, uri) in enumerate(zip(chunks, batch_uris, strict=False))
+        _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
+        for n, (input_uri, output_uri) in enumerate(batches)
     ]
     previous = previous_state(audit_folder, night)
     report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
@@ -143,7 +133,7 @@ def audit_night(
         write_state = files.enter_context(csv_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", report_columns)) for s in STATUSES}
         recorded = read_state(read_csv(previous), str(previous)) if previous else iter(())
-        for row, seen_before in _joined(_merged(runs, work, run_columns), recorded):
+        for row, seen_before in _joined(merged_csv(runs, work, run_columns), recorded):
             counts["fleet_size"] += 1
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
@@ -168,29 +158,16 @@ def audit_night(
     }
 
 
-def _sorted_run(fleet_rows: list[dict[str, str]], batch_uri: str, run_uri: str, columns: Sequence[str]) -> str:
-    """One batch's rows joined with their fleet rows and sorted by ICCID (one batch in memory)."""
-    answers = {row["iccid"]: row for row in read_csv(batch_uri)}
-    name = batch_uri.rsplit("/", 1)[-1]
+def _joined_run(input_uri: str, output_uri: str, run_uri: str, columns: Sequence[str]) -> str:
+    """One batch's fleet rows (sorted by ICCID) joined with its query rows, in that order (one batch in memory)."""
+    answers = {row["iccid"]: row for row in read_csv(output_uri)}
+    name = output_uri.rsplit("/", 1)[-1]
     joined = (
         {**row, **answers.get(row["iccid"], {"error": f"no answer in {name}"}), "iccid": row["iccid"]}
-        for row in fleet_rows
+        for row in read_csv(input_uri)
     )
-    write_csv(run_uri, columns, sorted(joined, key=itemgetter("iccid")))
+    write_csv(run_uri, columns, joined)
     return run_uri
-
-
-def _merged(runs: list[str], work: ObjectStoragePath, columns: Sequence[str]) -> Iterator[dict[str, str]]:
-    """The rows of the sorted runs in ICCID order, merging at most :data:`FAN_IN` files at a time."""
-    round_ = 0
-    while len(runs) > FAN_IN:
-        merged = []
-        for n, group in enumerate(chunked(runs, FAN_IN)):
-            uri = f"{work}/merge-{round_}-{n:05d}.csv"
-            write_csv(uri, columns, heapq.merge(*map(read_csv, group), key=itemgetter("iccid")))
-            merged.append(uri)
-        runs, round_ = merged, round_ + 1
-    return heapq.merge(*map(read_csv, runs), key=itemgetter("iccid"))
 
 
 def _joined(rows: Iterator[dict[str, str]], recorded: Iterator[Seen]) -> Iterator[tuple[dict[str, str], Seen | None]]:

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import csv
 import gzip
+import heapq
 import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from airflow.sdk import ObjectStoragePath
 
 T = TypeVar("T")
+
+#: At most this many sorted files are merged at once (open files); more are merged in rounds.
+FAN_IN = 64
+#: Bytes an object store's file reads ahead: s3fs and gcsfs default to several MB per open file, which a merge
+#: of FAN_IN files would multiply; local files ignore it.
+READ_BLOCK = 1 << 18
 
 
 def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
@@ -32,13 +40,18 @@ def read_csv(uri: str | ObjectStoragePath) -> Iterator[dict[str, str]]:
     """
     path = ObjectStoragePath(uri)
     with (
-        path.open("rb") as raw,
+        path.open("rb", block_size=READ_BLOCK) as raw,
         _unpacked(path, raw) as data,
         io.TextIOWrapper(data, encoding="utf-8-sig", newline="") as text,
     ):
-        for row in csv.DictReader(text):
-            if any((value or "").strip() for value in row.values()):
-                yield {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
+        # csv.reader, not DictReader: a third less time per row, and rows are read by the million.
+        lines = csv.reader(text)
+        header = [key.strip() for key in next(lines, ())]
+        for values in lines:
+            cells = [value.strip() for value in values[: len(header)]]
+            if any(cells):  # a blank line, or only commas
+                cells += [""] * (len(header) - len(cells))  # a short row: the missing cells are empty
+                yield dict(zip(header, cells, strict=True))
 
 
 def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
@@ -70,15 +83,34 @@ def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator
     target = ObjectStoragePath(uri)
     partial = target.parent / f".{target.name}.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        partial.open("wb") as raw,
-        _packed(target, raw) as data,
-        io.TextIOWrapper(data, encoding="utf-8", newline="") as text,
-    ):
+    with partial.open("wb") as raw, _packed(target, raw) as data:
+        text = _Chunked(data)
         writer = csv.writer(text)
         writer.writerow(columns)
         yield lambda row: writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
+        text.flush()
     partial.rename(target)
+
+
+class _Chunked:
+    """
+    The text a ``csv.writer`` writes, encoded as UTF-8 and handed on in chunks of rows.
+
+    Not an ``io.TextIOWrapper``: that asks the file whether it is closed on every row, a Python-level call
+    through fsspec's file wrapper that made writing a report three times slower.
+    """
+
+    def __init__(self, data: BinaryIO, rows: int = 512) -> None:
+        self.data, self.rows, self.pending = data, rows, []
+
+    def write(self, text: str) -> None:
+        self.pending.append(text)
+        if len(self.pending) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        self.data.write("".join(self.pending).encode())
+        self.pending = []
 
 
 def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
@@ -88,6 +120,39 @@ def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
 
 def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
     return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else nullcontext(raw)
+
+
+def merged_csv(
+    uris: Sequence[str], work: str | ObjectStoragePath, columns: Sequence[str], key: str = "iccid"
+) -> Iterator[dict[str, str]]:
+    """
+    The rows of CSV files each sorted by ``key``, in ``key`` order: a k-way merge (:func:`heapq.merge`) that
+    streams, one row per file in memory.
+
+    At most :data:`FAN_IN` files are open at once: with more, groups of them are first merged into files under
+    ``work`` (``merge-<round>-<n>.csv``), in rounds; those are deleted once the rows have all been read.
+
+    :param uris: the sorted files; they are only read.
+    :param work: a folder for the intermediate merges.
+    :param columns: the columns of the files (and of the intermediate ones).
+    :param key: the column the files are sorted by.
+    """
+    by_key = itemgetter(key)
+    made: list[str] = []
+    try:
+        round_ = 0
+        while len(uris) > FAN_IN:
+            merged = []
+            for n, group in enumerate(chunked(uris, FAN_IN)):
+                uri = f"{work}/merge-{round_}-{n:05d}.csv"
+                write_csv(uri, columns, heapq.merge(*map(read_csv, group), key=by_key))
+                merged.append(uri)
+            made += merged
+            uris, round_ = merged, round_ + 1
+        yield from heapq.merge(*map(read_csv, uris), key=by_key)
+    finally:
+        for uri in made:
+            ObjectStoragePath(uri).unlink(missing_ok=True)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -17,6 +17,9 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
 7. The whole fleet DAG on the production stack (CeleryExecutor with two workers, PostgreSQL, Redis, S3 on moto;
    ``benchmarks/prod_stack.py``), 100,000 SIMs at a platform limit of 400/s: platform floor / wall time from the
    REST API trigger to the report. About 7 minutes, the stack's start-up included; not in ``--quick``.
+8. The fleet audit's plan and report for 100,000 and 1,000,000 SIMs (batches of 1,000, ``file://``; each
+   task in a fresh process, ``benchmarks/fleet_plan_scale.py``): the plan's XCom bytes (JSON, as the default
+   XCom backend stores it) against 64 kB, and the peak RSS growth of each task against 30 MB.
 9. One SendSmsOperator task (``dag.test()``, the real task state store), 10,000 SIMs at 50 ms, 16 in flight:
    physical limit 10,000 x 0.05 / 16 s against the task's execute time; and under a 200/s platform limit:
    throughput, 429s, each SIM exactly one message (the sandbox counts them).
@@ -56,6 +59,16 @@ def measure(figure: str, *options: object, env: dict[str, str] | None = None, sc
     result = json.loads(lines[-1])
     result["process_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def fleet_plan_scale(*sizes: int) -> list[dict]:
+    """Figure 8's runs (each spawns its own processes); one JSON result per fleet size."""
+    cmd = [sys.executable, str(HERE / "fleet_plan_scale.py"), *(f"--sims={n}" for n in sizes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.stderr.write(out.stdout[-2000:] + out.stderr[-4000:])
+        raise SystemExit(f"fleet_plan_scale failed with exit code {out.returncode}")
+    return [json.loads(line) for line in out.stdout.strip().splitlines()]
 
 
 def load() -> str:
@@ -205,6 +218,32 @@ def main() -> None:
                 ">= 0.9",
                 w["ratio"],
                 w["ratio"] >= 0.9 and w["state"] == "success",
+            )
+        )
+
+    # 8. the fleet plan's XCom and the plan's and report's memory, 10x the fleet
+    if wanted(8):
+        small, big = raw["fleet_plan"] = fleet_plan_scale(*((10_000, 100_000) if q else (100_000, 1_000_000)))
+        figures.append(
+            line(
+                f"8a fleet plan of {big['sims']} SIMs in {big['batches']} batches: XCom bytes/64 kB",
+                f"{big['xcom_bytes']} B ({small['xcom_bytes']} B for {small['sims']} SIMs in {small['batches']} "
+                f"batches; plan {big['plan_s']:.0f} s)",
+                "<= 64 kB",
+                big["xcom_bytes"] / 65536,
+                big["xcom_bytes"] <= 65536 and big["planned_sims"] == big["sims"],
+            )
+        )
+        worst = max(big["plan_growth_mb"], big["report_growth_mb"])
+        figures.append(
+            line(
+                f"8b peak RSS growth of plan_batches / build_report, {big['sims']} SIMs: measured/goal",
+                f"+{big['plan_growth_mb']:.1f} / +{big['report_growth_mb']:.1f} MB (+{small['plan_growth_mb']:.1f}"
+                f" / +{small['report_growth_mb']:.1f} MB for {small['sims']}; report {big['report_s']:.0f} s, "
+                f"{big['fleet_size']} SIMs, {big['changed']} changed)",
+                "<= 30 MB",
+                worst / 30,
+                worst <= 30 and big["fleet_size"] == big["sims"] and big["changed"] == big["sims"] // 10,
             )
         )
 

@@ -8,12 +8,15 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
 * Input: a CSV fleet file with an ``iccid`` column (other columns, such as ``asset_name``, are carried into
   the report) at the URI in the ``fleet_uri`` param. The default is the sample fleet shipped beside this
   file, which matches the bundled sandbox.
-* The fleet is split into batches of ``batch_size`` SIMs; ``QueryImeiOperator`` is mapped over the batches,
-  each streaming its rows to object storage with ``max_workers`` calls in flight. The mapped tasks share
-  the ``m2m_platform`` pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
+* ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs to object storage beside the report
+  (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_plan``) and returns only a small item
+  per batch (its number and SIM count: about 30 kB of XCom for 1,000 batches, whatever the fleet size).
+  ``QueryImeiOperator`` is mapped over the batches, each reading its ICCIDs from ``iccids_uri`` and streaming
+  its rows to ``output_uri`` with ``max_workers`` calls in flight. The mapped tasks share the ``m2m_platform``
+  pool, so pool slots x ``max_workers`` caps the calls in flight against the platform.
 * ``plan_batches`` first checks the fleet file (an ICCID of 18-22 digits per row, each ICCID once, an optional
   ``expected_imei`` that is an IMEI) and the previous audit state: bad input fails the run, naming the file,
-  line and rule, before any platform call.
+  line(s) and rule, before any platform call.
 * ``build_report`` compares every SIM with the audit state of the last successful night before this one (kept
   beside the reports, see ``airflow_provider_m2m.audit_state``), writes
   ``<report_base_uri>/fleet_imei_change_report/<interval start date>/imei_changes.csv`` and ``summary.json``
@@ -89,21 +92,26 @@ with DAG(
 
     @task
     def plan_batches(params=None, data_interval_start=None) -> list[dict]:
-        """Check the fleet file and the previous audit state, then cut the fleet into batches."""
-        from airflow_provider_m2m.audit_state import check_inputs
-        from airflow_provider_m2m.files import chunked, report_folder
+        """Check the fleet file and the previous audit state, then write the fleet's batches to object storage."""
+        from airflow_provider_m2m.fleet_plan import night_folder, plan_fleet, plan_size
         from airflow_provider_m2m.task_failures import bad_input_fails_task
 
-        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
-        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
+        night = data_interval_start.date()
         with bad_input_fails_task():  # before any platform call: a bad file is not retried
-            iccids = check_inputs(params["fleet_uri"], audit, data_interval_start.date())
-        batches = [
-            {"iccids": chunk, "output_uri": f"{folder}/batches/batch-{n:05d}.csv"}
-            for n, chunk in enumerate(chunked(iccids, params["batch_size"]))
-        ]
-        print(f"Fleet of {len(iccids)} SIMs in {len(batches)} batches; report folder {folder}")
-        return batches
+            plan = plan_fleet(params["fleet_uri"], params["report_base_uri"], night, params["batch_size"])
+        sims, folder = sum(batch["sims"] for batch in plan), night_folder(params["report_base_uri"], night)
+        print(f"Fleet of {sims} SIMs in {len(plan)} batches ({plan_size(plan)} bytes of XCom); report folder {folder}")
+        return plan
+
+    def batch_files(batch: dict) -> dict:
+        """Runs in each mapped task: its batch's files, from its run (the plan's XCom carries no URIs)."""
+        from airflow.sdk import get_current_context
+
+        from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+
+        context = get_current_context()
+        folder = night_folder(context["params"]["report_base_uri"], context["data_interval_start"].date())
+        return batch_uris(folder, batch["batch"])
 
     batches = plan_batches()
 
@@ -112,7 +120,7 @@ with DAG(
         pool=POOL,
         max_workers="{{ params.max_workers }}",
         map_index_template="{{ task.output_uri.rsplit('/', 1)[-1] }}",
-    ).expand_kwargs(batches)
+    ).expand_kwargs(batches.map(batch_files))
 
     # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
     # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.
@@ -126,11 +134,11 @@ with DAG(
         from airflow.sdk import ObjectStoragePath
 
         from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
-        from airflow_provider_m2m.files import report_folder
+        from airflow_provider_m2m.fleet_plan import audit_folder, batch_uris, night_folder
         from airflow_provider_m2m.version_compat import AirflowFailException
 
-        audit = report_folder(params["report_base_uri"], "fleet_imei_change_report")
-        folder = f"{audit}/{data_interval_start:%Y-%m-%d}"
+        folder = night_folder(params["report_base_uri"], data_interval_start.date())
+        files = [batch_uris(folder, batch["batch"]) for batch in batches]
         summary = {
             "interval_start": data_interval_start.isoformat(),
             "interval_end": data_interval_end.isoformat(),
@@ -138,10 +146,8 @@ with DAG(
         }
         try:
             result = audit_night(
-                fleet_uri=params["fleet_uri"],
-                batch_uris=[batch["output_uri"] for batch in batches],
-                batch_size=params["batch_size"],
-                audit_folder=audit,
+                batches=[(uris["iccids_uri"], uris["output_uri"]) for uris in files],
+                audit_folder=audit_folder(params["report_base_uri"]),
                 night=data_interval_start.date(),
                 since=data_interval_start,
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Iterator
 
 import pendulum
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
+from airflow_provider_m2m.protocol import iccid as iccid_rules
 
 
 def as_int(value: object, field: str, low: int, high: int) -> int:
@@ -50,3 +52,44 @@ def as_window(since: object, before: object) -> tuple[pendulum.DateTime | None, 
             f"{end.isoformat()} <= {start.isoformat()}",
         )
     return start, end
+
+
+def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[Iterable[str], int]:
+    """
+    Exactly one of ``iccids`` (the ICCIDs themselves) and ``iccids_uri`` (a CSV file of them), checked: what to
+    query, and how many SIMs that is.
+
+    :returns: ``(the checked ICCIDs, their count)``; for a file, after every line was checked (see
+        :func:`iccid_file`), a lazy iterator that reads it again.
+    """
+    given = [name for name, value in (("iccids", iccids), ("iccids_uri", iccids_uri)) if value not in (None, "")]
+    if len(given) != 1:
+        raise InvalidRequestError(
+            "iccids / iccids_uri",
+            "give exactly one: iccids (the ICCIDs) or iccids_uri (a CSV file with an iccid column)",
+            f"{' and '.join(given) or 'neither'} given",
+        )
+    if iccids_uri in (None, ""):
+        numbers = iccid_rules.validate_many(iccids)
+        return numbers, len(numbers)
+    if not isinstance(iccids_uri, str):
+        raise InvalidRequestError("iccids_uri", f"must be a URI string, not {type(iccids_uri).__name__}")
+    count = sum(1 for _ in iccid_file(iccids_uri))  # the whole file first: a bad line sends nothing
+    if not count:
+        raise InvalidRequestError(f"iccids_uri {iccids_uri}", "at least one ICCID is required: the file lists none")
+    return iccid_file(iccids_uri), count
+
+
+def iccid_file(uri: str) -> Iterator[str]:
+    """
+    The ICCIDs of a CSV file with an ``iccid`` column, streamed row by row, each checked by the rule every
+    ``iccids`` list follows (:func:`~airflow_provider_m2m.protocol.iccid.validate`).
+
+    :raises InvalidRequestError: naming the file, the line and the rule.
+    """
+    from airflow_provider_m2m.files import read_csv
+
+    for line, row in enumerate(read_csv(uri), start=2):
+        if "iccid" not in row:
+            raise InvalidRequestError(f"iccids_uri {uri} line 1", "the header has no iccid column", ",".join(row))
+        yield iccid_rules.validate(row["iccid"], field=f"iccids_uri {uri} line {line}: iccid")

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.files import write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators.arguments import as_window, as_workers
+from airflow_provider_m2m.operators.arguments import as_iccid_source, as_window, as_workers
 from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
@@ -58,11 +58,19 @@ class QueryImeiOperator(BaseOperator):
     summary carries them too. XCom stays small: at most :data:`MAX_CHANGED_ICCIDS` (10,000) are listed; past
     that the summary's ``changed_iccids_truncated`` is true and the CSV has them all.
 
+    For fleet-sized batches, give ``iccids_uri`` instead of ``iccids``: a CSV file with an ``iccid`` column
+    (other columns are ignored) on object storage, so the ICCIDs never pass through XCom. The whole file is
+    checked first, each ICCID by the same rule as an ``iccids`` list (a bad one fails the task naming the
+    file, the line and the rule, and nothing is sent), then read again lazily as the queries go out.
+
     .. code-block:: python
 
         QueryImeiOperator.partial(task_id="query", output_uri=..., max_workers=32).expand(iccids=batches)
+        QueryImeiOperator(task_id="query", iccids_uri="s3://fleet/batch-7.csv", output_uri="s3://out/batch-7.csv")
 
     :param iccids: one ICCID (a plain string is one ICCID, never split) or a list of them. Templated.
+    :param iccids_uri: instead of ``iccids`` (exactly one of the two): an ObjectStoragePath URI of a CSV
+        file with an ``iccid`` column, one SIM per row. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
     :param changed_since: keep SIMs changed at or after this: an aware datetime or ISO 8601 string with an
         offset. Templated.
@@ -74,6 +82,7 @@ class QueryImeiOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "iccids",
+        "iccids_uri",
         "m2m_conn_id",
         "changed_since",
         "changed_before",
@@ -85,7 +94,8 @@ class QueryImeiOperator(BaseOperator):
     def __init__(
         self,
         *,
-        iccids: str | list[str],
+        iccids: str | list[str] | None = None,
+        iccids_uri: str | None = None,
         m2m_conn_id: str = M2mHook.default_conn_name,
         changed_since: dt.datetime | str | None = None,
         changed_before: dt.datetime | str | None = None,
@@ -95,6 +105,7 @@ class QueryImeiOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.iccids = iccids
+        self.iccids_uri = iccids_uri
         self.m2m_conn_id = m2m_conn_id
         self.changed_since = changed_since
         self.changed_before = changed_before
@@ -108,11 +119,11 @@ class QueryImeiOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
-            numbers = iccid_rules.validate_many(self.iccids)
+            numbers, listed = as_iccid_source(self.iccids, self.iccids_uri)
             window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
-            progress = Progress(self.log, "SIMs queried", len(numbers))
+            progress = Progress(self.log, "SIMs queried", listed)
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             changed: list[str] = []
             records = self._kept(self.hook.query_imeis(numbers, workers), window, progress, counts, changed)
@@ -173,11 +184,13 @@ class QueryImeiOperator(BaseOperator):
             yield record
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the platform's ``query_imei`` in; the CSV at ``output_uri`` out, when there is one."""
+        """OpenLineage: the platform's ``query_imei`` (and the ``iccids_uri`` file) in; ``output_uri`` out."""
         from airflow_provider_m2m import lineage
 
+        inputs = [lineage.platform_dataset(self.hook.base_url, "query_imei")]
+        inputs += [lineage.file_dataset(self.iccids_uri)] if self.iccids_uri else []
         outputs = [lineage.file_dataset(self.output_uri)] if self.output_uri else []
-        return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, "query_imei")], outputs)
+        return lineage.operator_lineage(inputs, outputs)
 
 
 class SendSmsOperator(BaseOperator):

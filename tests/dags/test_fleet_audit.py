@@ -198,15 +198,18 @@ def test_bad_input_fails_the_audit_before_any_platform_call(sb, fleet_dag, tmp_p
 
 # ---------------------------------------------------------------------------------------------- memory
 @pytest.mark.timeout(600)
-def test_the_diff_and_report_stream_memory_flat_with_fleet_size():
-    """200,000 SIMs against 20,000: the diff and report step's peak RSS grows by less than 30 MB (subprocesses)."""
+def test_the_plan_and_report_stream_memory_flat_with_fleet_size():
+    """100,000 SIMs against 10,000: the plan's and the report's peak RSS grow by less than 30 MB (subprocesses)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import audit_memory
+        import fleet_plan_scale
     finally:
         sys.path.pop(0)
-    small, big = audit_memory.run(20_000), audit_memory.run(200_000)
-    assert (small["changed"], big["changed"]) == (2_000, 20_000)  # a tenth moved since the previous state
-    assert big["peak_rss_mb"] - small["peak_rss_mb"] < 30, (small, big)
+    small, big = fleet_plan_scale.run(10_000), fleet_plan_scale.run(100_000)
+    for run, sims in ((small, 10_000), (big, 100_000)):
+        assert (run["planned_sims"], run["fleet_size"], run["changed"]) == (sims, sims, sims // 10), run
+        assert run["batches"] == sims // 1000 and run["xcom_bytes"] < 30 * run["batches"], run  # O(batches)
+    assert big["plan_growth_mb"] - small["plan_growth_mb"] < 30, (small, big)
+    assert big["report_growth_mb"] - small["report_growth_mb"] < 30, (small, big)

@@ -6,6 +6,7 @@ AirflowFailException, no retry), and the platform receives nothing at all.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from conftest import load_dag
@@ -290,3 +291,45 @@ def test_templated_values_of_the_wrong_type_fail_the_task(sb, dags_folder, capfd
         f"{len(TEMPLATED_FIELDS)} templated dag.test() tasks; {TALLY['held']} of {TALLY['cases']} held "
         "(InvalidRequestError / AirflowFailException naming the field, zero requests to the sandbox)"
     )
+
+
+# ------------------------------------------------------------------------------------ iccids_uri (a batch file)
+def _iccid_file(tmp_path, lines: list[str], header: str = "iccid,asset_name") -> str:
+    path = tmp_path / "batch.csv"
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return path.as_uri()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("both", r"^iccids / iccids_uri: give exactly one: .* \(got iccids and iccids_uri given\)$"),
+        ("neither", r"^iccids / iccids_uri: give exactly one: .* \(got neither given\)$"),
+        ("bad_line", r"^iccids_uri {uri} line 501: iccid: an ICCID has digits only \(got '89254010000000000O1'\)$"),
+        ("short_line", r"^iccids_uri {uri} line 3: iccid: an ICCID has 18 to 22 digits, this one has 5"),
+        ("no_column", r"^iccids_uri {uri} line 1: the header has no iccid column \(got sim,asset_name\)$"),
+        ("empty", r"^iccids_uri {uri}: at least one ICCID is required: the file lists none$"),
+    ],
+)
+def test_iccids_uri_bad_input_sends_nothing(sb, tmp_path, case, expected):
+    """A bad batch file fails the task naming the file, the line and the rule, before any query (the whole file)."""
+    good = sb.fleet.iccids[:600]
+    lines, header, kwargs = [f"{i},truck" for i in good], "iccid,asset_name", {}
+    if case == "both":
+        kwargs["iccids"] = good[:1]
+    elif case == "neither":
+        lines = None
+    elif case == "bad_line":
+        lines[499] = "89254010000000000O1,truck"  # a letter O, far down the file: nothing before it is sent
+    elif case == "short_line":
+        lines[1] = "89254,truck"
+    elif case == "no_column":
+        header = "sim,asset_name"
+    else:
+        lines = []
+    uri = None if lines is None else _iccid_file(tmp_path, lines, header)
+    with pytest.raises(AirflowFailException) as info:
+        QueryImeiOperator(task_id="t", iccids_uri=uri, **kwargs).execute({})
+    assert re.match(expected.format(uri=re.escape(uri or "")), str(info.value)), str(info.value)
+    assert sb.stats()["requests"] == 0
+

@@ -1,0 +1,113 @@
+"""
+The fleet audit's plan: check the fleet file, cut it into batch files on object storage, and hand Airflow only
+a small item per batch, so XCom grows with the number of batches, never with the fleet.
+
+Layout under the night's folder (``<report_base_uri>/fleet_imei_change_report/<YYYY-MM-DD>``)::
+
+    batches/input-NNNNN.csv     a batch's fleet rows (all the fleet file's columns), sorted by ICCID
+    batches/batch-NNNNN.csv     its query rows (QueryImeiOperator's ``output_uri``, from ``iccids_uri``)
+
+Why this shape:
+
+* XCom: the plan returns ``{"batch": n, "sims": count}`` per batch, about 30 bytes of JSON, so 1,000 batches
+  are about 30 kB with Airflow's default XCom backend; each mapped task derives its two URIs from ``n`` and its
+  own run (:func:`batch_uris`), as the plan did, instead of reading them from XCom.
+* Memory: the fleet file streams through; one batch is in memory at a time (sorted, then written). The check
+  that each ICCID is listed once is a k-way merge of the sorted batch files
+  (:func:`~airflow_provider_m2m.files.merged_csv`, the one the report's diff uses) that finds adjacent equals,
+  not a set of the fleet; only on that error path is the fleet file read a second time, to name both lines.
+* The batch files carry the fleet's other columns (``asset_name``, ``expected_imei``...) and are sorted, so
+  the report joins each with its query rows directly (:func:`~airflow_provider_m2m.audit_state.audit_night`),
+  never re-reading or re-sorting the fleet file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from contextlib import closing
+from itertools import chain, islice
+from typing import Any
+
+from airflow_provider_m2m.audit import checked_fleet
+from airflow_provider_m2m.audit_state import check_previous_state
+from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.files import merged_csv, read_csv, report_folder, write_csv
+
+#: The audit's folder under ``report_base_uri``.
+AUDIT_NAME = "fleet_imei_change_report"
+
+
+def audit_folder(report_base_uri: str | None) -> str:
+    """``<report_base_uri>/fleet_imei_change_report`` (default base: ``reports/`` under the Airflow home)."""
+    return report_folder(report_base_uri, AUDIT_NAME)
+
+
+def night_folder(report_base_uri: str | None, night: dt.date) -> str:
+    """The folder of one night (its data interval's start date): report, summary and batch files."""
+    return f"{audit_folder(report_base_uri)}/{night:%Y-%m-%d}"
+
+
+def batch_uris(folder: str, batch: int) -> dict[str, str]:
+    """
+    Batch ``batch``'s files in the night's ``folder``, as QueryImeiOperator's arguments.
+
+    >>> batch_uris("s3://audits/fleet_imei_change_report/2026-03-01", 7)["iccids_uri"]
+    's3://audits/fleet_imei_change_report/2026-03-01/batches/input-00007.csv'
+    """
+    return {
+        "iccids_uri": f"{folder}/batches/input-{batch:05d}.csv",
+        "output_uri": f"{folder}/batches/batch-{batch:05d}.csv",
+    }
+
+
+def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batch_size: int) -> list[dict[str, int]]:
+    """
+    Check the fleet file and the previous audit state, write the batch files; return one small item per batch.
+
+    Nothing is sent to the platform here: bad input raises before any query.
+
+    :param fleet_uri: the fleet CSV (an ``iccid`` column, optional ``expected_imei``, any other columns).
+    :param report_base_uri: the base of the audit's folder (None: ``reports/`` under the Airflow home).
+    :param night: the data interval's start date (names the folder).
+    :param batch_size: SIMs per batch.
+    :returns: ``[{"batch": n, "sims": count}, ...]``: the files are :func:`batch_uris` ``(folder, n)``.
+    :raises InvalidRequestError: naming the file, the line(s) and the rule.
+    """
+    folder = night_folder(report_base_uri, night)
+    check_previous_state(audit_folder(report_base_uri), night)
+    rows = read_csv(fleet_uri)
+    first = next(rows, None)
+    columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
+    checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
+    plan, inputs = [], []
+    while batch := list(islice(checked, batch_size)):
+        uri = batch_uris(folder, len(plan))["iccids_uri"]
+        write_csv(uri, columns, sorted(batch, key=lambda row: row["iccid"]))
+        plan.append({"batch": len(plan), "sims": len(batch)})
+        inputs.append(uri)
+    _each_sim_once(inputs, columns, fleet_uri, f"{folder}/work")
+    return plan
+
+
+def _each_sim_once(inputs: list[str], columns: tuple[str, ...], fleet_uri: str, work: str) -> None:
+    """Every ICCID in one batch file only, once: adjacent equals in the merge of the sorted batch files."""
+    before = None
+    with closing(merged_csv(inputs, work, columns)) as rows:  # closing: its merge files go, also on the error
+        for row in rows:
+            if row["iccid"] == before:
+                raise _listed_twice(before, fleet_uri)
+            before = row["iccid"]
+
+
+def _listed_twice(iccid: str, fleet_uri: str) -> InvalidRequestError:
+    """The error for an ICCID listed twice, naming both lines: a second pass over the fleet file, streamed."""
+    lines = (n for n, row in enumerate(read_csv(fleet_uri), start=2) if row.get("iccid") == iccid)
+    first, second = islice(lines, 2)
+    rule = f"iccid {iccid} is listed twice (first on line {first}): each SIM must appear once"
+    return InvalidRequestError(f"fleet file {fleet_uri} line {second}", rule)
+
+
+def plan_size(plan: list[dict[str, Any]]) -> int:
+    """The bytes the plan takes in XCom with Airflow's default backend (JSON, as it stores return values)."""
+    return len(json.dumps(plan).encode())

@@ -1,0 +1,172 @@
+"""
+Figure 8: the fleet audit's plan and report at fleet scale: the plan's XCom bytes and the peak RSS growth of
+``plan_batches`` and ``build_report`` (their code: ``fleet_plan.plan_fleet`` and ``audit_state.audit_night``)
+for a fleet of N SIMs, each task in a fresh process as on a worker; ``file://`` storage.
+
+The platform calls are not measured: after the plan, each batch's query file is written directly from its
+input file, as QueryImeiOperator writes it (every SIM in the device the fleet file expects), against a previous
+state in which a tenth of the SIMs had another device, so the report is of real size. The fleet file and the
+state are generated in another process first. Growth is the task's peak RSS minus the RSS of its process
+after the imports (what the task itself added). Prints JSON; never asserts::
+
+    .venv/bin/python benchmarks/fleet_plan_scale.py                      # 100,000 and 1,000,000 SIMs
+    .venv/bin/python benchmarks/fleet_plan_scale.py --sims 20000 --batch-size 500
+    .venv/bin/python benchmarks/fleet_plan_scale.py --task plan --folder F --sims N --batch-size B   (one step)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NIGHT = dt.date(2026, 3, 2)
+BATCH = 1000
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def generate(folder: Path, sims: int) -> None:
+    """The fleet file (iccid, asset_name, expected_imei) and the previous night's state under ``folder``."""
+    from airflow_provider_m2m.audit_state import state_uri
+    from airflow_provider_m2m.files import write_csv
+
+    rng = random.Random(sims)
+    iccids = [f"89254{n:014d}" for n in rng.sample(range(10**13), sims)]
+    imeis = {i: f"35982704{rng.randrange(10**7):07d}" for i in iccids}
+    fleet = ({"iccid": i, "asset_name": f"truck-{n}", "expected_imei": imeis[i]} for n, i in enumerate(iccids))
+    write_csv(f"{folder.as_uri()}/fleet.csv", ["iccid", "asset_name", "expected_imei"], fleet)
+    moved = set(rng.sample(iccids, sims // 10))
+    state = ({"iccid": i, "imei": "86205704" + imeis[i][8:] if i in moved else imeis[i], "last_change": _WHEN}
+             for i in sorted(iccids))  # fmt: skip
+    write_csv(state_uri(_audit(folder), NIGHT - dt.timedelta(days=1)), ["iccid", "imei", "last_change"], state)
+
+
+_WHEN = "2026-02-01T00:00:00+00:00"
+
+
+def _audit(folder: Path) -> str:
+    from airflow_provider_m2m.fleet_plan import audit_folder
+
+    return audit_folder(folder.as_uri())
+
+
+def plan(folder: Path, batch_size: int) -> dict:
+    """``plan_batches``' work in this process: the plan, its XCom bytes, the peak RSS growth."""
+    from airflow_provider_m2m.fleet_plan import plan_fleet, plan_size
+
+    base = _rss_mb()
+    result = plan_fleet(f"{folder.as_uri()}/fleet.csv", folder.as_uri(), NIGHT, batch_size)
+    growth = _peak_mb() - base
+    (folder / "plan.json").write_text(json.dumps(result))
+    return {
+        "batches": len(result),
+        "sims": sum(b["sims"] for b in result),
+        "xcom_bytes": plan_size(result),
+        "growth_mb": round(growth, 1),
+    }
+
+
+def query(folder: Path) -> dict:
+    """Stand-in for the mapped queries: each batch's query CSV, written from its input file (not measured)."""
+    from airflow_provider_m2m.audit_state import QUERY_COLUMNS
+    from airflow_provider_m2m.files import read_csv, write_csv
+    from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+
+    night = night_folder(folder.as_uri(), NIGHT)
+    for batch in json.loads((folder / "plan.json").read_text()):
+        uris = batch_uris(night, batch["batch"])
+        rows = ({"iccid": r["iccid"], "current_imei": r["expected_imei"], "last_change": _WHEN}
+                for r in read_csv(uris["iccids_uri"]))  # fmt: skip
+        write_csv(uris["output_uri"], ("iccid", *QUERY_COLUMNS), rows)
+    return {}
+
+
+def report(folder: Path) -> dict:
+    """``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth."""
+    from airflow_provider_m2m.audit_state import audit_night
+    from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+
+    night = night_folder(folder.as_uri(), NIGHT)
+    base = _rss_mb()
+    files = [batch_uris(night, b["batch"]) for b in json.loads((folder / "plan.json").read_text())]
+    result = audit_night(
+        batches=[(f["iccids_uri"], f["output_uri"]) for f in files],
+        audit_folder=_audit(folder),
+        night=NIGHT,
+        since=dt.datetime.combine(NIGHT, dt.time(), dt.UTC),
+    )
+    growth = _peak_mb() - base
+    return {"fleet_size": result["fleet_size"], "changed": result["changed"], "growth_mb": round(growth, 1)}
+
+
+def _step(task: str, folder: str, sims: int, batch_size: int) -> dict:
+    """One step in a fresh process (as a task on a worker); its JSON result."""
+    cmd = [sys.executable, __file__, "--task", task, "--folder", folder, "--sims", str(sims)]
+    out = subprocess.run([*cmd, "--batch-size", str(batch_size)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(sims: int, batch_size: int = BATCH) -> dict:
+    """Generate, plan, query (stand-in) and report, each in its own process; the plan's and report's figures."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="m2m-plan-") as tmp:
+        _step("generate", tmp, sims, batch_size)
+        t0 = time.perf_counter()
+        planned = _step("plan", tmp, sims, batch_size)
+        plan_s = time.perf_counter() - t0
+        _step("query", tmp, sims, batch_size)
+        t0 = time.perf_counter()
+        reported = _step("report", tmp, sims, batch_size)
+        report_s = time.perf_counter() - t0
+    return {
+        "sims": sims,
+        "batch_size": batch_size,
+        "batches": planned["batches"],
+        "planned_sims": planned["sims"],
+        "xcom_bytes": planned["xcom_bytes"],
+        "plan_growth_mb": planned["growth_mb"],
+        "plan_s": round(plan_s, 1),
+        "report_growth_mb": reported["growth_mb"],
+        "report_s": round(report_s, 1),
+        "fleet_size": reported["fleet_size"],
+        "changed": reported["changed"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sims", type=int, action="append", help="fleet size (repeatable; default 100k and 1M)")
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    parser.add_argument("--task", choices=["generate", "plan", "query", "report"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.task:
+        if args.task == "generate":
+            generate(args.folder, args.sims[0])
+            print("{}")
+        else:
+            step = {"plan": lambda: plan(args.folder, args.batch_size), "query": lambda: query(args.folder)}
+            step["report"] = lambda: report(args.folder)
+            print(json.dumps(step[args.task]()))
+        return
+    for sims in args.sims or [100_000, 1_000_000]:
+        print(json.dumps(run(sims, args.batch_size)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""
+The fleet plan (``airflow_provider_m2m.fleet_plan``) on ``file://`` storage: XCom O(batches), every SIM in
+exactly one sorted batch file, and the duplicate check that streams (a k-way merge, not a set of the fleet).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_m2m import files
+from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.fleet_plan import batch_uris, night_folder, plan_fleet, plan_size
+
+NIGHT = dt.date(2026, 3, 1)
+
+
+def _fleet(path: Path, iccids: list[str]) -> str:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["iccid", "asset_name", "expected_imei"])
+        writer.writerows([iccid, f"truck-{n}", ""] for n, iccid in enumerate(iccids))
+    return path.as_uri()
+
+
+def _iccids(count: int, seed: int = 1) -> list[str]:
+    return [f"89254{n:014d}" for n in random.Random(seed).sample(range(10**13), count)]
+
+
+def _rows(uri: str) -> list[dict[str, str]]:
+    return list(files.read_csv(uri))
+
+
+def test_the_plan_of_1000_batches_is_small_and_lists_every_sim_once(tmp_path):
+    """100,000 SIMs in 1,000 batches: under 64 kB of XCom; each SIM in exactly one batch file, sorted, with its row."""
+    iccids = _iccids(100_000)
+    plan = plan_fleet(_fleet(tmp_path / "fleet.csv", iccids), tmp_path.as_uri(), NIGHT, 100)
+
+    assert len(plan) == 1000 and plan_size(plan) < 64 * 1024, plan_size(plan)
+    assert [item["batch"] for item in plan] == list(range(1000))
+    seen: Counter[str] = Counter()
+    names = {iccid: f"truck-{n}" for n, iccid in enumerate(iccids)}
+    folder = night_folder(tmp_path.as_uri(), NIGHT)
+    for item in plan:
+        rows = _rows(batch_uris(folder, item["batch"])["iccids_uri"])
+        assert len(rows) == item["sims"] == 100
+        assert [r["iccid"] for r in rows] == sorted(r["iccid"] for r in rows)  # the report joins them as they are
+        assert all(names[r["iccid"]] == r["asset_name"] for r in rows)  # the fleet file's columns go along
+        seen.update(r["iccid"] for r in rows)
+    assert seen == Counter(iccids)  # every SIM exactly once across the batch files
+    assert not list((tmp_path / "fleet_imei_change_report" / f"{NIGHT}" / "work").glob("*"))  # merges removed
+
+
+@pytest.mark.parametrize(("first", "second"), [(3, 48), (17, 20)], ids=["across batches", "within a batch"])
+def test_an_iccid_listed_twice_names_the_file_both_lines_and_the_rule(tmp_path, monkeypatch, first, second):
+    """The merge finds the duplicate (in rounds: at most 2 files open here); the error names both lines."""
+    monkeypatch.setattr(files, "FAN_IN", 2)
+    iccids = _iccids(60)
+    iccids[second - 2] = iccids[first - 2]  # the header is line 1
+    fleet = _fleet(tmp_path / "fleet.csv", iccids)
+    with pytest.raises(InvalidRequestError) as info:
+        plan_fleet(fleet, tmp_path.as_uri(), NIGHT, 7)
+    assert str(info.value) == (
+        f"fleet file {fleet} line {second}: iccid {iccids[first - 2]} is listed twice (first on line {first}): "
+        "each SIM must appear once"
+    )
+    assert not list((tmp_path / "fleet_imei_change_report" / f"{NIGHT}" / "work").glob("*"))
+
+
+def test_the_merge_streams_in_rounds_and_keeps_key_order(tmp_path, monkeypatch):
+    """More sorted files than FAN_IN: merged in rounds into one sorted stream; its own files are deleted after."""
+    monkeypatch.setattr(files, "FAN_IN", 3)
+    rng = random.Random(3)
+    values = [f"{n:06d}" for n in rng.sample(range(10**6), 500)]
+    uris = []
+    for n in range(10):
+        uri = (tmp_path / f"in-{n}.csv").as_uri()
+        files.write_csv(uri, ["iccid"], ({"iccid": v} for v in sorted(values[n::10])))
+        uris.append(uri)
+    merged = [row["iccid"] for row in files.merged_csv(uris, (tmp_path / "work").as_uri(), ["iccid"])]
+    assert merged == sorted(values)
+    assert not list((tmp_path / "work").glob("*")) and all(Path(u[7:]).exists() for u in uris)
