@@ -21,6 +21,8 @@ from collections import Counter
 import pytest
 from stack import S3_ROOT, WORKERS
 
+from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
 DAY = dt.timedelta(days=1)
 PLAN_XCOM_LIMIT = 64 * 1024
@@ -91,9 +93,10 @@ def _check_audit(stack, run_id: str, conf: dict, interval, size: int) -> dict:
     assert {r["iccid"] for r in rows if r["status"] == "inventory_mismatch"} == mismatches
 
     plan, plan_bytes = stack.xcom(FLEET_DAG, run_id, "plan_batches")
+    folder = night_folder(conf["report_base_uri"], interval[0].date())
     seen = Counter()
     for batch in plan:
-        seen.update(row["iccid"] for row in _rows(stack, batch["output_uri"]))
+        seen.update(row["iccid"] for row in _rows(stack, batch_uris(folder, batch["batch"])["output_uri"]))
     assert set(seen) == ours and set(seen.values()) == {1}, "a SIM missing from, or repeated across, the batches"
     print(
         f"  report {report['report_csv']}: {len(changed)} changed = the sandbox's {len(truth)}, "
