@@ -41,7 +41,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "ui"))
 
-from ui_airflow import AirflowServer, free_port  # noqa: E402
+from ui_airflow import AirflowServer, Started, free_port  # noqa: E402
 
 BUCKET = "m2m-fleet"
 #: The stack's S3 URIs name their connection (ObjectStoragePath reads it from the user part of the URI; without
@@ -281,7 +281,7 @@ class S3:
         return json.dumps({"conn_type": "aws", **AWS_KEYS, "extra": extra})
 
 
-class ProdStack:
+class ProdStack(Started):
     """
     The whole stack; a context manager that starts it and stops it (Airflow first, PostgreSQL last).
 
@@ -374,16 +374,6 @@ class ProdStack:
         self.s3.stop()
         self.redis.stop()
         self.postgres.stop()
-
-    def __enter__(self) -> ProdStack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _airflow_env(self) -> dict[str, str]:
         m2m = json.loads(self.sandbox.conn_env(timeout=30)["AIRFLOW_CONN_M2M_DEFAULT"])

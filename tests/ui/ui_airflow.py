@@ -47,7 +47,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class AirflowServer:
+class Started:
+    """``with`` over ``start()`` / ``stop()``: a ``start()`` that fails half-way stops what it had started."""
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AirflowServer(Started):
     """
     One Airflow (api-server, scheduler, dag-processor, triggerer) on ``127.0.0.1:<port>`` under ``home``.
 
@@ -156,16 +170,6 @@ class AirflowServer:
             _signal_group(proc, signal.SIGKILL)  # also reaps children (task runners) that outlived their parent
             proc.wait(5)
         self.processes.clear()
-
-    def __enter__(self) -> AirflowServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _airflow(self, *args: str) -> None:
         with (self.logs / f"{args[0]}.log").open("wb") as log:
