@@ -33,6 +33,7 @@ from airflow_provider_m2m.audit import checked_fleet
 from airflow_provider_m2m.audit_state import check_previous_state
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.files import merged_csv, read_csv, report_folder, write_csv
+from airflow_provider_m2m.sizing import batch_size_for
 
 #: The audit's folder under ``report_base_uri``.
 AUDIT_NAME = "fleet_imei_change_report"
@@ -59,6 +60,19 @@ def batch_uris(folder: str, batch: int) -> dict[str, str]:
         "iccids_uri": f"{folder}/batches/input-{batch:05d}.csv",
         "output_uri": f"{folder}/batches/batch-{batch:05d}.csv",
     }
+
+
+def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, max_map_length: int) -> int:
+    """
+    ``batch_size`` when given; else sized from the fleet's row count so that the batches fill ``pool_slots`` in
+    as few full waves as possible (:func:`~airflow_provider_m2m.sizing.batch_size_for`; one more streamed read
+    of the fleet file, for its row count).
+    """
+    if batch_size:
+        return batch_size
+    with closing(read_csv(fleet_uri)) as rows:
+        fleet_size = sum(1 for _ in rows)
+    return batch_size_for(fleet_size, pool_slots, max_map_length=max_map_length)
 
 
 def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batch_size: int) -> list[dict[str, int]]:

@@ -159,9 +159,24 @@ class Attempts:
         self.started = time.monotonic()
         self.count = 1
 
-    def wait_before(self) -> float:
-        """Seconds to wait before sending the next attempt (the rate limit's share)."""
-        return self.limiter.reserve() if self.limiter is not None else 0.0
+    def turns(self) -> Iterator[float]:
+        """
+        The seconds to wait before sending the next attempt (the rate limit's share), resumed after each wait:
+        usually one wait.
+
+        A caller that wakes well after its turn (a busy CPU held its thread or event loop up) takes a fresh turn
+        instead of sending at once: every call held up with it would go out together, a burst beyond the
+        platform's allowance, and each 429 it earns pauses the whole task for its ``Retry-After``. After
+        :data:`MAX_FRESH_TURNS` it sends anyway, so a saturated machine still makes progress.
+        """
+        if self.limiter is None:
+            return
+        for _ in range(1 + MAX_FRESH_TURNS):
+            wait = self.limiter.reserve()
+            turn = time.monotonic() + wait
+            yield wait
+            if not self.limiter.is_late(turn):
+                return
 
     def is_final(self, reply: Reply) -> bool:
         """True when ``reply`` is the call's answer (not a transient status to retry)."""
@@ -219,6 +234,13 @@ class Attempts:
         return wait
 
 
+#: A caller of a rate-limited task that wakes more than this after its turn takes a fresh one (see
+#: :meth:`Attempts.turns`): a platform's burst allowance is a few tens of milliseconds of its rate.
+LATE_AFTER = 0.025
+#: How many fresh turns a caller held up again and again takes before it sends anyway.
+MAX_FRESH_TURNS = 3
+
+
 class RateLimiter:
     """
     A token bucket shared by every call of a task (thread-safe); rate None or 0 means no limit.
@@ -247,6 +269,13 @@ class RateLimiter:
             earliest = max(start, self._next_free)
             self._next_free = earliest + 1 / self.rate
             return earliest - now
+
+    def is_late(self, turn: float) -> bool:
+        """
+        True when it is now well past ``turn`` (a time :meth:`reserve` gave): more than two sends' spacing,
+        and at least :data:`LATE_AFTER` seconds.
+        """
+        return bool(self.rate) and time.monotonic() - turn > max(LATE_AFTER, 2 / self.rate)
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the platform said so with a 429)."""
@@ -378,7 +407,8 @@ def call_sync(attempts: Attempts, send: Callable[[], Reply], interpret: Callable
     cannot be understood) counts as a transient failure. The rate limit is honoured before each send.
     """
     while True:
-        time.sleep(max(0.0, attempts.wait_before()))
+        for wait in attempts.turns():
+            time.sleep(max(0.0, wait))
         try:
             return attempts.result(send(), interpret)
         except _FAILED_ATTEMPT as failure:
@@ -388,9 +418,9 @@ def call_sync(attempts: Attempts, send: Callable[[], Reply], interpret: Callable
 async def call_async(attempts: Attempts, send: Callable[[], Awaitable[Reply]], interpret: Callable[[Reply], R]) -> R:
     """The asyncio twin of :func:`call_sync`: the same decisions, awaiting instead of sleeping."""
     while True:
-        wait = attempts.wait_before()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        for wait in attempts.turns():
+            if wait > 0:
+                await asyncio.sleep(wait)
         try:
             return attempts.result(await send(), interpret)
         except _FAILED_ATTEMPT as failure:

@@ -8,7 +8,9 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
 * Input: a CSV fleet file with an ``iccid`` column (other columns, such as ``asset_name``, are carried into
   the report) at the URI in the ``fleet_uri`` param. The default is the sample fleet shipped beside this
   file, which matches the bundled sandbox.
-* ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs to object storage beside the report
+* ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs (left empty: sized from the fleet and
+  ``pool_slots`` so that the batches fill the pool in as few full waves as possible, see
+  ``airflow_provider_m2m.sizing``) to object storage beside the report
   (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_plan``) and returns only a small item
   per batch (its number and SIM count: about 30 kB of XCom for 1,000 batches, whatever the fleet size).
   ``QueryImeiOperator`` is mapped over the batches, each reading its ICCIDs from ``iccids_uri`` and streaming
@@ -66,12 +68,22 @@ with DAG(
             description="URI of the fleet CSV (an iccid column, optional expected_imei; other columns are kept).",
         ),
         "batch_size": Param(
-            500,
-            type="integer",
+            None,
+            type=["null", "integer"],
             minimum=1,
             maximum=20000,
             title="SIMs per batch",
-            description="Each batch is one mapped task. Keep fleet size / batch size under 1024.",
+            description="Each batch is one mapped task. Empty: sized from the fleet and the pool slots (the "
+            "batches fill the pool in as few waves as possible); a number wins. Keep fleet size / batch size "
+            "under 1024.",
+        ),
+        "pool_slots": Param(
+            4,
+            type="integer",
+            minimum=1,
+            title="Batches at once",
+            description=f"The slots of the {POOL} pool: the automatic batch size gives every slot a batch "
+            "in each wave.",
         ),
         "max_workers": Param(
             16,
@@ -93,12 +105,16 @@ with DAG(
     @task
     def plan_batches(params=None, data_interval_start=None) -> list[dict]:
         """Check the fleet file and the previous audit state, then write the fleet's batches to object storage."""
-        from airflow_provider_m2m.fleet_plan import night_folder, plan_fleet, plan_size
+        from airflow_provider_m2m.fleet_plan import fleet_batch_size, night_folder, plan_fleet, plan_size
         from airflow_provider_m2m.task_failures import bad_input_fails_task
+        from airflow_provider_m2m.version_compat import conf
 
         night = data_interval_start.date()
         with bad_input_fails_task():  # before any platform call: a bad file is not retried
-            plan = plan_fleet(params["fleet_uri"], params["report_base_uri"], night, params["batch_size"])
+            size = fleet_batch_size(
+                params["fleet_uri"], params["batch_size"], params["pool_slots"], conf.getint("core", "max_map_length")
+            )
+            plan = plan_fleet(params["fleet_uri"], params["report_base_uri"], night, size)
         sims, folder = sum(batch["sims"] for batch in plan), night_folder(params["report_base_uri"], night)
         print(f"Fleet of {sims} SIMs in {len(plan)} batches ({plan_size(plan)} bytes of XCom); report folder {folder}")
         return plan

@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
-from airflow_provider_m2m.operators.arguments import as_int, as_workers
+from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_int, as_workers
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.msisdn import masked
 from airflow_provider_m2m.task_failures import bad_input_fails_task
@@ -25,7 +25,7 @@ MAX_WITHIN_DAYS = 90
 ON_RECENT_SWAP = ("continue", "skip", "fail")
 
 
-class CheckSimSwapOperator(BaseOperator):
+class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
     """
     Ask Daraja whether each number's SIM was swapped recently, before a risky action (payout, reset...).
 

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.files import write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators.arguments import as_iccid_source, as_window, as_workers
+from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_iccid_source, as_window, as_workers
 from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
@@ -35,7 +35,7 @@ CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
 MAX_CHANGED_ICCIDS = 10_000
 
 
-class QueryImeiOperator(BaseOperator):
+class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
     """
     Ask SIM Insight which device (IMEI) each SIM sits in, and when that changed.
 
@@ -193,7 +193,7 @@ class QueryImeiOperator(BaseOperator):
         return lineage.operator_lineage(inputs, outputs)
 
 
-class SendSmsOperator(BaseOperator):
+class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     """
     Send one SMS to each SIM, never twice, with up to ``max_workers`` sends in flight.
 

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, M2mProviderError, OutcomeUnknownError
 from airflow_provider_m2m.hooks.m2m import M2mHook, SimStatus
-from airflow_provider_m2m.operators.arguments import as_workers
+from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_workers
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_status
 from airflow_provider_m2m.task_failures import bad_input_fails_task
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 CHANGED, UNCHANGED, SKIPPED, FAILED = "changed", "unchanged", "skipped", "failed"
 
 
-class SetSimStatusOperator(BaseOperator):
+class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
     """
     Give each SIM a status (``deactivated`` by default, or ``active``), never touching a closed SIM.
 

@@ -142,6 +142,28 @@ def test_the_asset_event_carries_the_counts(sb, fleet_dag, tmp_path):
     counts = ("fleet_size", "changed", "first_seen", "inventory_mismatch", "unknown", "failed")
     assert {k: extra[k] for k in counts} == {k: summary[k] for k in counts}
     assert summary["inventory_mismatch"] == 5 and summary["fleet_size"] == 1000
+    assert _mapped_batches(dr) == 2  # an explicit batch_size wins: 1,000 SIMs in batches of 500
+
+
+def _mapped_batches(dr) -> int:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        query = select(func.count()).where(TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "query_imeis")
+        return session.scalar(query.where(TaskInstance.dag_id == DAG_ID))
+
+
+def test_without_a_batch_size_the_batches_fill_the_pool_in_one_wave(sb, fleet_dag, tmp_path):
+    end = ANCHOR + 50 * DAY
+    conf = {"report_base_uri": tmp_path.as_uri(), "pool_slots": 3}  # the sample fleet: the sandbox's 1,000 SIMs
+    dr = fleet_dag.test(logical_date=end, run_conf=conf)
+    assert dr.state == "success"
+    assert _mapped_batches(dr) == 3  # 334 + 334 + 332: one batch per slot, none waiting for a second wave
+    summary = json.loads((tmp_path / DAG_ID / f"{end - DAY:%Y-%m-%d}" / "summary.json").read_text())
+    assert summary["complete"] and summary["fleet_size"] == 1000 and summary["failed"] == 0
+    assert sb.stats()["imei_queries_per_iccid"] == dict.fromkeys(sb.fleet.iccids, 1)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

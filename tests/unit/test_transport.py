@@ -110,6 +110,44 @@ def test_rate_limiter_reservations_made_at_once_are_spread(clock):
     assert waits == pytest.approx([i / 20 for i in range(100)])
 
 
+def test_a_caller_woken_on_time_takes_its_one_turn(clock):
+    limiter = RateLimiter(100)
+    limiter.reserve()  # another caller's turn, now
+    attempts = Attempts(FAST, "x", LOG, limiter=limiter)
+    waits = []
+    for wait in attempts.turns():
+        waits.append(wait)
+        clock.sleep(wait + 0.002)  # a scheduler's usual slack
+    assert waits == pytest.approx([0.01])
+    assert list(Attempts(FAST, "x", LOG).turns()) == []  # no limiter: no wait at all
+
+
+def test_a_caller_held_up_past_its_turn_takes_a_fresh_one_instead_of_bursting(clock):
+    limiter = RateLimiter(100)
+    held_up = Attempts(FAST, "x", LOG, limiter=limiter)
+    turns = held_up.turns()
+    assert next(turns) == pytest.approx(0)
+    others = [limiter.reserve() for _ in range(5)]  # five more callers queue up behind it
+    clock.now += 0.2  # its event loop stalled for 200 ms: sending now would go out with everyone held up
+    fresh = next(turns)
+    assert fresh == pytest.approx(0)  # the next free turn is now: the ones it slept through are gone
+    assert others[-1] == pytest.approx(0.05)
+    clock.sleep(fresh)
+    assert next(turns, "sent") == "sent"  # on time for the fresh turn: it sends
+
+
+def test_a_caller_held_up_again_and_again_sends_after_a_few_fresh_turns(clock):
+    limiter = RateLimiter(100)
+    turns = Attempts(FAST, "x", LOG, limiter=limiter).turns()
+    taken = 0
+    for wait in turns:
+        taken += 1
+        clock.sleep(wait + 1.0)  # always a second late
+    assert taken == 1 + transport.MAX_FRESH_TURNS
+    assert limiter.is_late(clock.now - 0.03) and not limiter.is_late(clock.now - 0.02)
+    assert not RateLimiter(None).is_late(clock.now - 100)  # without a rate nothing is late
+
+
 def test_rate_limiter_unlimited_and_pause(clock):
     limiter = RateLimiter(None)
     assert all(limiter.reserve() == 0 for _ in range(1000))

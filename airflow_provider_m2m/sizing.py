@@ -1,0 +1,77 @@
+"""
+How many SIMs a mapped batch gets, from the fleet and the pool; pure, no Airflow imports.
+
+A nightly audit is bounded by the platform's rate limit, shared by the batches running at once (the
+``m2m_platform`` pool's slots, each paced at its share of the limit). Time is lost where a slot stands idle:
+between two waves of batches (the scheduler notices a batch ended and starts the next task: seconds each
+time) and in a last wave that fills only some of the slots (the rest of the platform's limit goes unused
+until it ends). So the batches come in full waves, as few as the largest batch allows:
+
+* the number of batches is a multiple of the pool's slots (every wave fills the pool);
+* the waves are as few as ``max_batch_size`` allows: a bigger batch means fewer gaps, but a worker killed
+  mid-batch makes its retry query the whole batch again (the queries are idempotent: time is lost, no SIM);
+* the batches stay within ``max_map_length`` (Airflow's ``[core] max_map_length``, 1,024 by default), which
+  wins over ``max_batch_size`` for a fleet too big for both.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: The largest batch the automatic sizing makes: 20,000 SIMs take about 7 minutes at 50 requests/s (a
+#: quarter of a 200/s platform limit), which is what a retry after a crashed worker costs at most.
+MAX_BATCH_SIZE = 20_000
+#: Airflow's default ``[core] max_map_length``.
+MAX_MAP_LENGTH = 1024
+
+
+def batch_size_for(
+    fleet_size: int,
+    pool_slots: int,
+    *,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    max_map_length: int = MAX_MAP_LENGTH,
+) -> int:
+    """
+    SIMs per batch so that the batches fill ``pool_slots`` in as few full waves as possible.
+
+    :param fleet_size: SIMs in the fleet.
+    :param pool_slots: batches that run at once (the slots of the pool the mapped tasks share).
+    :param max_batch_size: the most SIMs a batch may get, unless ``max_map_length`` needs more.
+    :param max_map_length: the most batches a run may map.
+    :raises ValueError: a count that is not a positive number (the fleet may be empty).
+
+    20,000 SIMs on a pool of 4 slots: one wave of 4 batches of 5,000.
+
+    >>> batch_size_for(20_000, 4)
+    5000
+
+    1,000,000 SIMs: 13 waves of 4 batches (52 of 19,231; the last one 19,219), none over 20,000.
+
+    >>> batch_size_for(1_000_000, 4)
+    19231
+
+    A fleet smaller than the pool: one SIM per batch, as many batches as SIMs.
+
+    >>> batch_size_for(3, 4)
+    1
+
+    ``max_map_length`` wins over ``max_batch_size``: 50,000,000 SIMs cannot be cut into 1,024 batches of
+    20,000, so they get 1,024 batches (256 waves of 4) of 48,829.
+
+    >>> batch_size_for(50_000_000, 4)
+    48829
+    """
+    if fleet_size < 0:
+        raise ValueError(f"fleet_size must be 0 or more, got {fleet_size}")
+    for name, value in (("pool_slots", pool_slots), ("max_batch_size", max_batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be 1 or more, got {value}")
+    if max_map_length < 1:
+        raise ValueError(f"max_map_length must be 1 or more, got {max_map_length}")
+    if fleet_size == 0:
+        return 1
+    waves = math.ceil(fleet_size / (pool_slots * max_batch_size))
+    most_waves = max(1, max_map_length // pool_slots)  # full waves that fit in the map
+    batches = min(pool_slots * min(waves, most_waves), max_map_length)
+    return math.ceil(fleet_size / batches)

@@ -1,0 +1,282 @@
+"""
+The nightly fleet audit on a real scheduler, and where its time goes: platform floor / wall time (figure 11).
+
+    .venv/bin/python benchmarks/scheduled_fleet.py [--fleet 20000] [--platform-rate 200] [--pool 4]
+        [--client-rate 47.5] [--latency 0.05] [--batch-size 5000 | --batch-size auto] [--workers 16]
+
+A throwaway Airflow home with the project's ``dags/``: api-server, scheduler and dag-processor as separate
+processes (LocalExecutor, SQLite), the ``m2m_platform`` pool of ``--pool`` slots, the connection's
+``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
+limit of ``--platform-rate`` requests/s) in another process. The run is triggered through the REST API with
+the data interval of last night's scheduled run, then the DAG is unpaused (the scheduler sees that night's
+run exists and makes no other). The clock runs from the trigger to the end of ``build_report``.
+
+Prints the breakdown from the task instances' start and end times (REST API): scheduling before the plan,
+plan, gaps, the batches (waves, idle pool slots between waves and in the last wave, each batch's own rate
+against its share) and the report; then the platform's view (429s, SIMs queried twice or never) and whether
+the report matches the sandbox fleet's truth. The last line is a JSON object. Never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "ui"))
+
+from ui_airflow import POOL, AirflowServer  # noqa: E402
+
+from airflow_provider_m2m.files import read_csv  # noqa: E402
+from airflow_provider_m2m.sandbox import Fleet, Sandbox, midnight_utc  # noqa: E402
+from airflow_provider_m2m.sandbox.airflow_home import new_airflow_home  # noqa: E402
+
+DAG_ID = "fleet_imei_change_report"
+
+
+def _when(value: str | None) -> float | None:
+    return dt.datetime.fromisoformat(value).timestamp() if value else None
+
+
+def slots_of(batches: list[dict]) -> list[list[dict]]:
+    """Lay the batches out on pool slots as they ran: each starts on the slot free longest before it."""
+    slots: list[list[dict]] = []
+    for b in sorted(batches, key=lambda b: b["start"]):
+        free = [s for s in slots if s[-1]["end"] <= b["start"] + 0.05]
+        if free:
+            min(free, key=lambda s: s[-1]["end"]).append(b)
+        else:
+            slots.append([b])
+    return slots
+
+
+QUERIED = re.compile(r"SIMs queried: (\d+)/\d+ in ([\d.]+)s")
+
+
+def task_log(home: Path, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+    """A task's first attempt's log lines (JSON lines, each with a ``timestamp``)."""
+    folder = home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
+    if map_index >= 0:
+        folder /= f"map_index={map_index}"
+    path = folder / "attempt=1.log"
+    lines = path.read_text("utf-8", "replace").splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def query_seconds(log: list[dict]) -> float | None:
+    """The seconds a batch spent querying, from its last progress line."""
+    found = [QUERIED.search(str(line.get("event", ""))) for line in log]
+    found = [m for m in found if m]
+    return float(found[-1].group(2)) if found else None
+
+
+def startup_seconds(log: list[dict], start: float) -> float | None:
+    """Seconds from the task's start to its first log line (the task process starting and parsing the DAG)."""
+    stamps = [_when(line["timestamp"]) for line in log if line.get("timestamp")]
+    return min(stamps) - start if stamps else None
+
+
+def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: int, client_rate: float) -> dict:
+    """Where the wall time went, from the task instances' start and end times."""
+    by_task: dict[str, list[dict]] = {}
+    for ti in tis:
+        by_task.setdefault(ti["task_id"], []).append(
+            {
+                "map_index": ti["map_index"],
+                "start": _when(ti["start_date"]),
+                "end": _when(ti["end_date"]),
+                "query_s": ti.get("query_s"),
+                "startup_s": ti.get("startup_s"),
+            }
+        )
+    plan, report = by_task["plan_batches"][0], by_task["build_report"][0]
+    batches = sorted(by_task["query_imeis"], key=lambda b: b["map_index"])
+    first, last = min(b["start"] for b in batches), max(b["end"] for b in batches)
+    span = last - first
+    busy = sum(b["end"] - b["start"] for b in batches)
+    slots = slots_of(batches)
+    head = sum(s[0]["start"] - first for s in slots)
+    tail = sum(last - s[-1]["end"] for s in slots)
+    between = sum(nxt["start"] - prev["end"] for s in slots for prev, nxt in zip(s, s[1:], strict=False))
+    rates = [sims_of[b["map_index"]] / (b["end"] - b["start"]) for b in batches]
+    queried = [b["query_s"] for b in batches if b.get("query_s")]
+    query_rates = [sims_of[b["map_index"]] / b["query_s"] for b in batches if b.get("query_s")]
+    return {
+        "trigger_to_plan_start_s": plan["start"] - trigger,
+        "plan_s": plan["end"] - plan["start"],
+        "plan_end_to_first_batch_s": first - plan["end"],
+        "batches": len(batches),
+        "slots_used": len(slots),
+        "waves": max(len(s) for s in slots),
+        "batch_span_s": span,
+        "batch_s": sorted(round(b["end"] - b["start"], 2) for b in batches),
+        "slot_seconds_busy": busy,
+        # idle slot-seconds inside the batch span: before a slot's first batch, between waves, after its last
+        "idle_head_slot_s": head + (pool - len(slots)) * span,
+        "idle_between_waves_slot_s": between,
+        "idle_tail_slot_s": tail,
+        "batch_rate_mean": sum(rates) / len(rates),
+        "batch_rate_share": sum(rates) / len(rates) / client_rate if client_rate else None,
+        "batch_query_s": sorted(round(q, 2) for q in queried),
+        "query_rate_mean": sum(query_rates) / len(query_rates) if query_rates else None,
+        "task_overhead_s": sorted(round(b["end"] - b["start"] - b["query_s"], 2) for b in batches if b.get("query_s")),
+        "plan_startup_s": plan.get("startup_s"),
+        "report_startup_s": report.get("startup_s"),
+        "last_batch_to_report_start_s": report["start"] - last,
+        "report_s": report["end"] - report["start"],
+        "wall_s": report["end"] - trigger,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--fleet", type=int, default=20_000)
+    p.add_argument("--platform-rate", type=float, default=200)
+    p.add_argument("--pool", type=int, default=4)
+    p.add_argument("--client-rate", type=float, default=47.5, help="the connection's max_requests_per_second")
+    p.add_argument("--latency", type=float, default=0.05)
+    p.add_argument("--batch-size", default="5000", help="SIMs per batch, or 'auto' (the DAG's own sizing)")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--keep-home", action="store_true", help="keep the Airflow home (logs, DB, reports)")
+    args = p.parse_args()
+    load = os.getloadavg()
+
+    end = midnight_utc()
+    start = end - dt.timedelta(days=1)
+    home = new_airflow_home("m2m-scheduled-fleet-")
+    fleet_file = Fleet(args.fleet, anchor=end).write_csv(home / "fleet.csv")
+    reports = (home / "reports").as_uri()
+    conf = {"fleet_uri": fleet_file.as_uri(), "max_workers": args.workers, "report_base_uri": reports}
+    if args.batch_size != "auto":
+        conf["batch_size"] = int(args.batch_size)
+    else:
+        conf["pool_slots"] = args.pool
+
+    with Sandbox.spawn(fleet=args.fleet, anchor=end, latency=args.latency, rate_limit=args.platform_rate) as sb:
+        conn = json.loads(sb.conn_env()["AIRFLOW_CONN_M2M_DEFAULT"])
+        if args.client_rate:
+            conn["extra"]["max_requests_per_second"] = args.client_rate
+        env = {
+            "AIRFLOW_CONN_M2M_DEFAULT": json.dumps(conn),
+            "AIRFLOW__CORE__PARALLELISM": str(args.pool + 1),  # the batches of the pool, beside plan or report
+        }
+        components = ("api-server", "scheduler", "dag-processor")
+        with AirflowServer(home, extra_env=env, components=components) as af:
+            status, body = af.api(
+                "PATCH", f"/api/v2/pools/{POOL}", {"pool": POOL, "slots": args.pool, "include_deferred": False}
+            )
+            assert status == 200, f"pool: HTTP {status} {body}"
+            af.wait_until(lambda: af.api("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 180, "the DAG to be parsed")
+            # the first audit reports every change since the interval start, one at its very end included
+            # A long-running api-server has built its execution API long before the night's run; a fresh one
+            # builds it on the first task's first call, which then waits (here up to 20 s): not the run's cost.
+            af.wait_until(
+                lambda: requests.get(f"{af.base_url}/execution/health", timeout=60).ok, 120, "the execution API"
+            )
+            expected = {sim.iccid for sim in sb.fleet.changed_between(start, end + dt.timedelta(seconds=1))}
+            sb.reset()
+            time.sleep(1)  # the platform's bucket full again
+            run_id = f"nightly__{start:%Y-%m-%d}"  # "scheduled__" ids are the scheduler's own
+            trigger = time.time()
+            status, body = af.api(
+                "POST",
+                f"/api/v2/dags/{DAG_ID}/dagRuns",
+                {
+                    "dag_run_id": run_id,
+                    "logical_date": start.isoformat(),
+                    "data_interval_start": start.isoformat(),
+                    "data_interval_end": end.isoformat(),
+                    "conf": conf,
+                },
+            )
+            assert status == 200, f"trigger: HTTP {status} {body}"
+            af.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+
+            def finished() -> str | None:
+                state = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")[1]["state"]
+                return state if state in ("success", "failed") else None
+
+            state = af.wait_until(finished, args.timeout, "the DAG run", interval=0.5)
+            tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")[1]
+            tis = tis["task_instances"]
+            plan = af.api(
+                "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/plan_batches/xcomEntries/return_value"
+            )[1]["value"]
+            runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")[1]["total_entries"]
+        stats = sb.stats()
+
+    sims_of = {n: b["sims"] if "sims" in b else len(b["iccids"]) for n, b in enumerate(plan)}  # either plan shape
+    for ti in tis:
+        log = task_log(home, run_id, ti["task_id"], ti["map_index"])
+        ti["query_s"] = query_seconds(log)
+        ti["startup_s"] = startup_seconds(log, _when(ti["start_date"]))
+    result = breakdown(tis, trigger, sims_of, args.pool, args.client_rate)
+    queried = stats["imei_queries_per_iccid"]
+    summary = json.loads((home / "reports" / DAG_ID / f"{start:%Y-%m-%d}" / "summary.json").read_text())
+    changed = {row["iccid"] for row in read_csv(summary["report_csv"]) if row["status"] == "changed"}
+    floor = args.fleet / args.platform_rate
+    result.update(
+        {
+            "fleet": args.fleet,
+            "platform_rate": args.platform_rate,
+            "pool": args.pool,
+            "client_rate": args.client_rate,
+            "pacing_factor": args.pool * args.client_rate / args.platform_rate if args.client_rate else None,
+            "batch_size": args.batch_size,
+            "batch_sims": sorted(set(sims_of.values())),
+            "state": state,
+            "dag_runs": runs,
+            "floor_s": floor,
+            "ratio": floor / result["wall_s"],
+            "rate_limited": stats["rate_limited"],
+            "requests": stats["by_command"].get("query_imei", 0),
+            "never_queried": sum(1 for sim in sb.fleet.iccids if sim not in queried),
+            "queried_twice": sum(1 for n in queried.values() if n > 1),
+            "report_matches": changed == expected and summary["fleet_size"] == args.fleet,
+            "load_average": [round(x, 2) for x in (*load, *os.getloadavg())],
+        }
+    )
+    if not args.keep_home and result["report_matches"]:
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        result["home"] = str(home)
+    r = result
+    print(
+        f"fleet {r['fleet']} SIMs, platform {r['platform_rate']:.0f}/s, pool {r['pool']}, "
+        f"max_requests_per_second {r['client_rate']} (pacing factor {r['pacing_factor']}), batch_size "
+        f"{r['batch_size']}: {r['batches']} batches of {r['batch_sims']} in {r['waves']} wave(s)\n"
+        f"  trigger -> plan start   {r['trigger_to_plan_start_s']:6.1f} s\n"
+        f"  plan                    {r['plan_s']:6.1f} s (its first log line after {r['plan_startup_s'] or 0:.1f} s)\n"
+        f"  plan -> first batch     {r['plan_end_to_first_batch_s']:6.1f} s\n"
+        f"  batches (first start -> last end) {r['batch_span_s']:6.1f} s (fleet / limit = {floor:.1f} s); "
+        f"batch durations {r['batch_s']}\n"
+        f"    idle pool slot-seconds: before a slot's first batch {r['idle_head_slot_s']:.1f}, "
+        f"between waves {r['idle_between_waves_slot_s']:.1f}, last wave's tail {r['idle_tail_slot_s']:.1f} "
+        f"(of {r['pool'] * r['batch_span_s']:.0f})\n"
+        f"    a batch's own rate {r['batch_rate_mean']:.1f}/s = {r['batch_rate_share']:.3f} of its share "
+        f"(task start-up included); querying alone {r['query_rate_mean'] or 0:.1f}/s in {r['batch_query_s']} s; "
+        f"the rest of each task (start-up, files) {r['task_overhead_s']} s\n"
+        f"  last batch -> report    {r['last_batch_to_report_start_s']:6.1f} s\n"
+        f"  report                  {r['report_s']:6.1f} s "
+        f"(its first log line after {r['report_startup_s'] or 0:.1f} s)\n"
+        f"  trigger -> report end   {r['wall_s']:6.1f} s: floor {floor:.0f} s / wall = {r['ratio']:.3f}\n"
+        f"  platform: {r['requests']} queries, {r['rate_limited']} x 429, never queried {r['never_queried']}, "
+        f"queried twice {r['queried_twice']}; report matches the fleet's truth: {r['report_matches']}; "
+        f"run {r['state']} ({r['dag_runs']} run(s)); load average before/after {r['load_average']}"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
