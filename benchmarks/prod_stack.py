@@ -8,7 +8,7 @@ call: the platform's floor (fleet / limit) against the wall time from the REST A
 Prints where the time went (the stack's start-up, the plan, the batches, the report, the 429s) and a final JSON
 line; never asserts. ``benchmarks/run_all.py --only 7`` runs it as figure 7. The sizing (``--batch-size``,
 ``--max-workers``, ``--pool-slots``, the connection's ``max_requests_per_second``) follows the README's sizing
-rules unless given; ``--batch-size 0`` leaves the DAG's own default.
+rules (main's: batches sized from the fleet and the pool, limit / pool a task) unless given.
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--rate-limit", type=float, default=400, help="the platform's limit, requests/s")
     p.add_argument("--pool-slots", type=int, default=4)
-    p.add_argument(
-        "--max-rps", type=float, help="connection extra max_requests_per_second (default 0.95 x limit / pool)"
-    )
-    p.add_argument("--batch-size", type=int, default=5_000, help="0: the DAG's default")
+    p.add_argument("--max-rps", type=float, help="connection extra max_requests_per_second (default limit / pool)")
+    p.add_argument("--batch-size", type=int, default=0, help="default 0: sized from the fleet and the pool")
     p.add_argument("--max-workers", type=int, default=16)
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
@@ -60,7 +58,12 @@ def main() -> None:
             fleet_uri = stack.s3.put("fleets/fleet.csv", stack.sandbox.fleet.write_csv(Path(tmp) / "fleet.csv"))
         end = stack.sandbox.anchor
         start = end - dt.timedelta(days=1)
-        conf = {"fleet_uri": fleet_uri, "max_workers": args.max_workers, "report_base_uri": f"{S3_ROOT}/bench"}
+        conf = {
+            "fleet_uri": fleet_uri,
+            "max_workers": args.max_workers,
+            "pool_slots": args.pool_slots,
+            "report_base_uri": f"{S3_ROOT}/bench",
+        }
         if args.batch_size:
             conf["batch_size"] = args.batch_size
         began = time.time()
@@ -83,7 +86,7 @@ def main() -> None:
         "rate_limit": args.rate_limit,
         "pool_slots": args.pool_slots,
         "max_requests_per_second": stack.max_requests_per_second,
-        "batch_size": conf.get("batch_size", "DAG default"),
+        "batch_size": conf.get("batch_size", "auto"),
         "batches": batches,
         "wall_s": round(wall, 1),
         "floor_s": round(floor, 1),

@@ -290,7 +290,7 @@ class ProdStack(Started):
     :param rate_limit: the platform's limit (requests/s) that the sandbox enforces with 429s.
     :param pool_slots: slots of the ``m2m_platform`` pool.
     :param max_requests_per_second: the ``m2m_default`` connection's client-side rate, per task (README,
-        "Sizing"): default 0.95 x ``rate_limit`` / ``pool_slots``.
+        "Sizing", rule 2): default ``rate_limit`` / ``pool_slots``.
     :param anchor: the sandbox fleet's anchor (default: today's midnight UTC).
     """
 
@@ -307,7 +307,7 @@ class ProdStack(Started):
         self.root.chmod(0o755)  # PostgreSQL's user has to reach its data directory inside
         self.sandbox_options = {"fleet": fleet, "latency": latency, "rate_limit": rate_limit, "anchor": anchor}
         self.pool_slots = pool_slots
-        self.max_requests_per_second = max_requests_per_second or round(0.95 * rate_limit / pool_slots, 2)
+        self.max_requests_per_second = max_requests_per_second or round(rate_limit / pool_slots, 2)
         self.postgres = Postgres(self.root)
         self.redis = Redis(self.root)
         self.s3 = S3(self.root)
