@@ -15,8 +15,9 @@ PIN := 'apache-airflow==$(AIRFLOW_VERSION)' $(if $(CONSTRAINTS),-c $(CONSTRAINTS
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_STAMP := $(VENV)/.installed-ui
+PROD_STAMP := $(VENV)/.installed-prod
 
-.PHONY: test test-ui test-push test-package chromium demo bench lint clean
+.PHONY: test test-ui test-push test-prod test-package chromium prod-servers demo bench lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,25 @@ test-ui: $(UI_STAMP) chromium
 # The push receiver in a real api-server (tests/push, about 2 min; also part of test-ui). No browser needed.
 test-push: $(STAMP)
 	$(BIN)/python -m pytest tests/push -v -s
+
+# The production stack (tests/prod, README "Production deployment"): PostgreSQL, Redis + two Celery workers,
+# api-server, scheduler, dag-processor, triggerer, moto's S3 and the sandbox, started and stopped by the tests.
+# Debian's postgresql and redis-server are installed when missing; the tests never use their system services.
+$(PROD_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[prod-test]' $(PIN)
+	touch $(PROD_STAMP)
+
+prod-servers:
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v redis-server; } >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "PostgreSQL or Redis not found: installing Debian's postgresql and redis-server packages"; \
+		$$SUDO apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql redis-server; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v redis-server; } >/dev/null 2>&1 || { \
+		echo "postgresql or redis-server is still missing: the production tests cannot run" >&2; exit 1; }
+
+test-prod: $(PROD_STAMP) prod-servers
+	$(BIN)/python -m pytest tests/prod -v -s
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

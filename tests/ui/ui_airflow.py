@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = ROOT / "dags"
 USERNAME = "ui-tester"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# The components that report a job of their own in /api/v2/monitor/health (a Celery worker does not).
+JOB_COMPONENTS = ("scheduler", "dag-processor", "triggerer")
 POOL, POOL_SLOTS = "m2m_platform", 4  # the pool the example DAGs' SIM Insight tasks share (see the README)
 
 
@@ -45,7 +47,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class AirflowServer:
+class Started:
+    """``with`` over ``start()`` / ``stop()``: a ``start()`` that fails half-way stops what it had started."""
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AirflowServer(Started):
     """
     One Airflow (api-server, scheduler, dag-processor, triggerer) on ``127.0.0.1:<port>`` under ``home``.
 
@@ -53,6 +69,10 @@ class AirflowServer:
     :param port: the API server's port (default: a free one).
     :param extra_env: more environment for every component (e.g. ``AIRFLOW_CONN_...``).
     :param components: the components to start (default: all four); readiness waits for these only.
+    :param commands: the ``airflow`` arguments of components not named after their command, e.g.
+        ``{"worker-1": ["celery", "worker", "-H", "worker-1"]}`` (default: ``airflow <name>``).
+    :param component_env: more environment for one component only, by component name.
+    :param pool_slots: the slots of the ``m2m_platform`` pool created once Airflow is up.
     """
 
     def __init__(
@@ -61,9 +81,15 @@ class AirflowServer:
         port: int | None = None,
         extra_env: dict[str, str] | None = None,
         components: tuple[str, ...] = COMPONENTS,
+        commands: dict[str, list[str]] | None = None,
+        component_env: dict[str, dict[str, str]] | None = None,
+        pool_slots: int = POOL_SLOTS,
     ) -> None:
         self.home = Path(home)
         self.components = components
+        self.commands = commands or {}
+        self.component_env = component_env or {}
+        self.pool_slots = pool_slots
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.username = USERNAME
@@ -107,7 +133,8 @@ class AirflowServer:
         for name in self.components:
             self.launch(name)
         self.wait_until(self._healthy, timeout, f"Airflow's {', '.join(self.components)}")
-        status, body = self.api("POST", "/api/v2/pools", {"name": POOL, "slots": POOL_SLOTS, "description": "UI tests"})
+        pool = {"name": POOL, "slots": self.pool_slots, "description": "SIM Insight calls"}
+        status, body = self.api("POST", "/api/v2/pools", pool)
         assert status in (200, 201), f"creating pool {POOL}: HTTP {status} {body}"
         return self
 
@@ -115,9 +142,9 @@ class AirflowServer:
         """Start one component (appending to its log), in a process group of its own."""
         with (self.logs / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", name],
+                [sys.executable, "-m", "airflow", *self.commands.get(name, [name])],
                 cwd=self.home,
-                env=self.env,
+                env={**self.env, **self.component_env.get(name, {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,16 +170,6 @@ class AirflowServer:
             _signal_group(proc, signal.SIGKILL)  # also reaps children (task runners) that outlived their parent
             proc.wait(5)
         self.processes.clear()
-
-    def __enter__(self) -> AirflowServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _airflow(self, *args: str) -> None:
         with (self.logs / f"{args[0]}.log").open("wb") as log:
@@ -194,7 +211,7 @@ class AirflowServer:
         except (requests.RequestException, ValueError):
             return False
         # The api-server answers for the metadatabase; every other component reports its own job.
-        parts = [name.replace("-", "_") for name in self.components if name != "api-server"] + ["metadatabase"]
+        parts = [name.replace("-", "_") for name in self.components if name in JOB_COMPONENTS] + ["metadatabase"]
         return all((health.get(part) or {}).get("status") == "healthy" for part in parts)
 
     def tail(self, name: str, lines: int = 15) -> str:
