@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pendulum
@@ -55,13 +55,13 @@ def as_window(since: object, before: object) -> tuple[pendulum.DateTime | None, 
     return start, end
 
 
-def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[Iterable[str], int]:
+def as_iccid_source(iccids: object, iccids_uri: object) -> list[str]:
     """
-    Exactly one of ``iccids`` (the ICCIDs themselves) and ``iccids_uri`` (a CSV file of them), checked: what to
-    query, and how many SIMs that is.
+    Exactly one of ``iccids`` (the ICCIDs themselves) and ``iccids_uri`` (a CSV file of them): the checked
+    ICCIDs to query.
 
-    :returns: ``(the checked ICCIDs, their count)``; for a file, after every line was checked (see
-        :func:`iccid_file`), a lazy iterator that reads it again.
+    A file is read once, whole: it is one batch, which the hook's batch call holds as a list anyway, and every
+    line is checked (see :func:`iccid_file`) before anything is sent.
     """
     given = [name for name, value in (("iccids", iccids), ("iccids_uri", iccids_uri)) if value not in (None, "")]
     if len(given) != 1:
@@ -71,14 +71,13 @@ def as_iccid_source(iccids: object, iccids_uri: object) -> tuple[Iterable[str], 
             f"{' and '.join(given) or 'neither'} given",
         )
     if iccids_uri in (None, ""):
-        numbers = iccid_rules.validate_many(iccids)
-        return numbers, len(numbers)
+        return iccid_rules.validate_many(iccids)
     if not isinstance(iccids_uri, str):
         raise InvalidRequestError("iccids_uri", f"must be a URI string, not {type(iccids_uri).__name__}")
-    count = sum(1 for _ in iccid_file(iccids_uri))  # the whole file first: a bad line sends nothing
-    if not count:
+    numbers = list(iccid_file(iccids_uri))
+    if not numbers:
         raise InvalidRequestError(f"iccids_uri {iccids_uri}", "at least one ICCID is required: the file lists none")
-    return iccid_file(iccids_uri), count
+    return numbers
 
 
 def iccid_file(uri: str) -> Iterator[str]:

@@ -60,8 +60,8 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
 
     For fleet-sized batches, give ``iccids_uri`` instead of ``iccids``: a CSV file with an ``iccid`` column
     (other columns are ignored) on object storage, so the ICCIDs never pass through XCom. The whole file is
-    checked first, each ICCID by the same rule as an ``iccids`` list (a bad one fails the task naming the
-    file, the line and the rule, and nothing is sent), then read again lazily as the queries go out.
+    read once and checked whole, each ICCID by the same rule as an ``iccids`` list (a bad one fails the task
+    naming the file, the line and the rule, and nothing is sent); a file is one batch, held like a list.
 
     .. code-block:: python
 
@@ -119,11 +119,11 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
-            numbers, listed = as_iccid_source(self.iccids, self.iccids_uri)
+            numbers = as_iccid_source(self.iccids, self.iccids_uri)
             window = as_window(self.changed_since, self.changed_before)
             workers = as_workers(self.max_workers)
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
-            progress = Progress(self.log, "SIMs queried", listed)
+            progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             changed: list[str] = []
             records = self._kept(self.hook.query_imeis(numbers, workers), window, progress, counts, changed)
