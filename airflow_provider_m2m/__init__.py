@@ -80,7 +80,10 @@ def get_provider_info() -> dict:
             {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.triggers.m2m"]},
         ],
         "plugins": [
-            {"name": "sim_insight_push", "plugin-class": "airflow_provider_m2m.push_receiver.SimInsightPushPlugin"},
+            {
+                "name": "sim_insight_push",
+                "plugin-class": "airflow_provider_m2m.plugins.sim_insight_push.SimInsightPushPlugin",
+            },
         ],
         "connection-types": [
             {

@@ -228,7 +228,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> fl
 def _run_mapped_dag(args: argparse.Namespace, home: Path) -> dict:
     from airflow.utils.state import DagRunState
 
-    from airflow_provider_m2m.version_compat import dag_bag
+    from airflow_provider_m2m.sandbox.airflow_home import dag_bag
 
     with Sandbox.spawn(fleet=args.sims, latency=args.latency) as sb:
         os.environ.update(_conn_env(sb))
@@ -257,9 +257,9 @@ def _run_mapped_dag(args: argparse.Namespace, home: Path) -> dict:
 
 def rss(args: argparse.Namespace) -> dict:
     """Peak RSS of an audit streamed to a CSV, the way QueryImeiOperator does with ``output_uri``."""
-    from airflow_provider_m2m.files import write_csv
     from airflow_provider_m2m.hooks.m2m import M2mHook
     from airflow_provider_m2m.operators.m2m import CSV_COLUMNS
+    from airflow_provider_m2m.utils.files import write_csv
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     iccids = Path(args.iccid_file).read_text().split()[: args.sims]
@@ -345,7 +345,7 @@ def sms(args: argparse.Namespace) -> dict:
         return result
     from airflow.utils import db
 
-    from airflow_provider_m2m.sms_ledger import SmsLedger
+    from airflow_provider_m2m.sms.ledger import SmsLedger
 
     db.initdb()
     ledgers: list[SmsLedger] = []  # the task's ledger, to read its store round trips after the run
@@ -410,9 +410,9 @@ def delivery(args: argparse.Namespace) -> dict:
         return result
     from airflow.utils import db
 
-    from airflow_provider_m2m import batches
     from airflow_provider_m2m.hooks.m2m import M2mHook
     from airflow_provider_m2m.sandbox import Fleet
+    from airflow_provider_m2m.utils import batches
 
     db.initdb()
     # Only SIMs whose messages end delivered or failed: a device that stays off never lets the wait end.

@@ -39,8 +39,8 @@ def main() -> int:
     from airflow.utils import db
 
     db.initdb()
-    from airflow_provider_m2m.files import read_csv
     from airflow_provider_m2m.sandbox import Fleet, Sandbox, midnight_utc
+    from airflow_provider_m2m.utils.files import read_csv
 
     end = midnight_utc()
     start = end - dt.timedelta(days=1)

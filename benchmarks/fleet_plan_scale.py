@@ -41,8 +41,8 @@ def _peak_mb() -> float:
 
 def generate(folder: Path, sims: int) -> None:
     """The fleet file (iccid, asset_name, expected_imei) and the previous night's state under ``folder``."""
-    from airflow_provider_m2m.audit_state import state_uri
-    from airflow_provider_m2m.files import write_csv
+    from airflow_provider_m2m.fleet_audit.state import state_uri
+    from airflow_provider_m2m.utils.files import write_csv
 
     rng = random.Random(sims)
     iccids = [f"89254{n:014d}" for n in rng.sample(range(10**13), sims)]
@@ -59,14 +59,14 @@ _WHEN = "2026-02-01T00:00:00+00:00"
 
 
 def _audit(folder: Path) -> str:
-    from airflow_provider_m2m.fleet_plan import audit_folder
+    from airflow_provider_m2m.fleet_audit.plan import audit_folder
 
     return audit_folder(folder.as_uri())
 
 
 def plan(folder: Path, batch_size: int) -> dict:
     """``plan_batches``' work in this process: the plan, its XCom bytes, the peak RSS growth."""
-    from airflow_provider_m2m.fleet_plan import plan_fleet, plan_size
+    from airflow_provider_m2m.fleet_audit.plan import plan_fleet, plan_size
 
     base = _rss_mb()
     result = plan_fleet(f"{folder.as_uri()}/fleet.csv", folder.as_uri(), NIGHT, batch_size)
@@ -82,9 +82,9 @@ def plan(folder: Path, batch_size: int) -> dict:
 
 def query(folder: Path) -> dict:
     """Stand-in for the mapped queries: each batch's query CSV, written from its input file (not measured)."""
-    from airflow_provider_m2m.audit_state import QUERY_COLUMNS
-    from airflow_provider_m2m.files import read_csv, write_csv
-    from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.state import QUERY_COLUMNS
+    from airflow_provider_m2m.utils.files import read_csv, write_csv
 
     night = night_folder(folder.as_uri(), NIGHT)
     for batch in json.loads((folder / "plan.json").read_text()):
@@ -97,8 +97,8 @@ def query(folder: Path) -> dict:
 
 def report(folder: Path) -> dict:
     """``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth."""
-    from airflow_provider_m2m.audit_state import audit_night
-    from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.state import audit_night
 
     night = night_folder(folder.as_uri(), NIGHT)
     base = _rss_mb()

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "tests" / "ui"))
 
 from ui_airflow import POOL, AirflowServer  # noqa: E402
 
-from airflow_provider_m2m.files import read_csv  # noqa: E402
 from airflow_provider_m2m.sandbox import Fleet, Sandbox, midnight_utc  # noqa: E402
 from airflow_provider_m2m.sandbox.airflow_home import new_airflow_home  # noqa: E402
+from airflow_provider_m2m.utils.files import read_csv  # noqa: E402
 
 DAG_ID = "fleet_imei_change_report"
 

@@ -35,7 +35,7 @@ with DAG(
     @task
     def write_replies(triggering_asset_events=None, run_id=None) -> list[dict]:
         """Write the run's MO messages (one row each, oldest first) and return them."""
-        from airflow_provider_m2m.files import report_folder, write_csv
+        from airflow_provider_m2m.utils.files import report_folder, write_csv
 
         replies = [dict(event.extra) for event in triggering_asset_events[MO_SMS]]
         uri = report_folder(None, "device_replies", run_id) + "/replies.csv"

@@ -10,8 +10,8 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
   file, which matches the bundled sandbox.
 * ``plan_batches`` writes the fleet in batches of ``batch_size`` SIMs (left empty: sized from the fleet and
   ``pool_slots`` so that the batches fill the pool in as few full waves as possible, see
-  ``airflow_provider_m2m.sizing``) to object storage beside the report
-  (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_plan``) and returns only a small item
+  ``airflow_provider_m2m.fleet_audit.sizing``) to object storage beside the report
+  (``<night>/batches/input-NNNNN.csv``, see ``airflow_provider_m2m.fleet_audit.plan``) and returns only a small item
   per batch (its number and SIM count: about 30 kB of XCom for 1,000 batches, whatever the fleet size).
   ``QueryImeiOperator`` is mapped over the batches, each reading its ICCIDs from ``iccids_uri`` and streaming
   its rows to ``output_uri`` with ``max_workers`` calls in flight. The mapped tasks share the ``m2m_platform``
@@ -20,7 +20,7 @@ says: a SIM moved to another device is the classic sign of theft or tampering.
   ``expected_imei`` that is an IMEI) and the previous audit state: bad input fails the run, naming the file,
   line(s) and rule, before any platform call.
 * ``build_report`` compares every SIM with the audit state of the last successful night before this one (kept
-  beside the reports, see ``airflow_provider_m2m.audit_state``), writes
+  beside the reports, see ``airflow_provider_m2m.fleet_audit.state``), writes
   ``<report_base_uri>/fleet_imei_change_report/<interval start date>/imei_changes.csv`` and ``summary.json``
   (fleet size and a count per status), then this night's state, and emits the ``fleet_imei_change_report``
   asset (its extra carries the counts). So a change made while a night failed or was not run is reported by
@@ -43,9 +43,9 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_provider_m2m.audit import STATUSES
+from airflow_provider_m2m.fleet_audit.rules import STATUSES
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator
-from airflow_provider_m2m.version_compat import CronDataIntervalTimetable
+from airflow_provider_m2m.utils.version_compat import CronDataIntervalTimetable
 
 SAMPLE_FLEET = (Path(__file__).parent / "data" / "sample_fleet.csv").as_uri()
 REPORT_ASSET = Asset(name="fleet_imei_change_report")
@@ -105,9 +105,9 @@ with DAG(
     @task
     def plan_batches(params=None, data_interval_start=None) -> list[dict]:
         """Check the fleet file and the previous audit state, then write the fleet's batches to object storage."""
-        from airflow_provider_m2m.fleet_plan import fleet_batch_size, night_folder, plan_fleet, plan_size
-        from airflow_provider_m2m.task_failures import bad_input_fails_task
-        from airflow_provider_m2m.version_compat import conf
+        from airflow_provider_m2m.fleet_audit.plan import fleet_batch_size, night_folder, plan_fleet, plan_size
+        from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
+        from airflow_provider_m2m.utils.version_compat import conf
 
         night = data_interval_start.date()
         with bad_input_fails_task():  # before any platform call: a bad file is not retried
@@ -123,7 +123,7 @@ with DAG(
         """Runs in each mapped task: its batch's files, from its run (the plan's XCom carries no URIs)."""
         from airflow.sdk import get_current_context
 
-        from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+        from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
 
         context = get_current_context()
         folder = night_folder(context["params"]["report_base_uri"], context["data_interval_start"].date())
@@ -149,9 +149,9 @@ with DAG(
 
         from airflow.sdk import ObjectStoragePath
 
-        from airflow_provider_m2m.audit_state import NightIncomplete, audit_night
-        from airflow_provider_m2m.fleet_plan import audit_folder, batch_uris, night_folder
-        from airflow_provider_m2m.version_compat import AirflowFailException
+        from airflow_provider_m2m.fleet_audit.plan import audit_folder, batch_uris, night_folder
+        from airflow_provider_m2m.fleet_audit.state import NightIncomplete, audit_night
+        from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
         folder = night_folder(params["report_base_uri"], data_interval_start.date())
         files = [batch_uris(folder, batch["batch"]) for batch in batches]

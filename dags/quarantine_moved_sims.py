@@ -49,7 +49,7 @@ with DAG(
     @task(multiple_outputs=True)
     def read_report(params=None, triggering_asset_events=None) -> dict:
         """The changed SIMs of the night's report (at most MAX_OFFERED), with the report's URI."""
-        from airflow_provider_m2m.files import read_csv
+        from airflow_provider_m2m.utils.files import read_csv
 
         uri = params["report_csv"]
         if not uri:

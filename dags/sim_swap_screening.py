@@ -77,7 +77,7 @@ with DAG(
     @task
     def collect_numbers(params=None) -> list[str]:
         """The numbers from the form and the file, as given (the operator validates and normalises them)."""
-        from airflow_provider_m2m.files import read_csv
+        from airflow_provider_m2m.utils.files import read_csv
 
         numbers = list(params["msisdns"] or [])
         if params["msisdn_file_uri"]:
@@ -96,7 +96,7 @@ with DAG(
     @task
     def write_report(rows: list[dict], params=None, run_id=None) -> dict:
         """Write the numbers swapped within the window (and failed checks) as CSV."""
-        from airflow_provider_m2m.files import report_folder, write_csv
+        from airflow_provider_m2m.utils.files import report_folder, write_csv
 
         flagged = [row for row in rows if row["swapped_recently"] or row.get("error")]
         uri = report_folder(params["report_base_uri"], "sim_swap_screening", run_id) + "/recent_swaps.csv"

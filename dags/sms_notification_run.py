@@ -122,9 +122,9 @@ with DAG(
     def validate_and_plan(params=None) -> list[list[str]]:
         """Validate every SIM and the message before anything is sent; cut the SIMs into batches."""
         from airflow_provider_m2m.exceptions import InvalidRequestError
-        from airflow_provider_m2m.files import chunked, read_csv
         from airflow_provider_m2m.protocol import iccid, sms
-        from airflow_provider_m2m.version_compat import AirflowFailException
+        from airflow_provider_m2m.utils.files import chunked, read_csv
+        from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
         try:
             numbers = list(params["iccids"] or [])
@@ -196,7 +196,7 @@ with DAG(
     @task(trigger_rule="all_done")
     def write_report(rows: list[dict], params=None, ti=None, run_id=None) -> dict:
         """Write the per-SIM report; fail the run if any SIM was not confirmed sent."""
-        from airflow_provider_m2m.files import report_folder, write_csv
+        from airflow_provider_m2m.utils.files import report_folder, write_csv
 
         deliveries = ti.xcom_pull(task_ids="wait_for_delivery", map_indexes=0) or []  # none on a dry run
         by_message = {(d["iccid"], d["sms_uid"]): d for d in deliveries}

@@ -46,8 +46,8 @@ def main() -> int:
 
     Pool.create_or_update_pool(POOL, POOL_SLOTS, "caps concurrent SIM Insight batches", include_deferred=False)
 
-    from airflow_provider_m2m.files import read_csv, report_folder
     from airflow_provider_m2m.sandbox import Sandbox, midnight_utc
+    from airflow_provider_m2m.utils.files import read_csv, report_folder
 
     interval_end = midnight_utc()  # the nightly run just after midnight reports yesterday
     interval_start = interval_end - dt.timedelta(days=1)

@@ -113,7 +113,7 @@ def load_dag(folder: Path, source: str | Path, dag_id: str, name: str | None = N
     :param dag_id: the DAG to return.
     :param name: the file name (default: ``<dag_id>.py``).
     """
-    from airflow_provider_m2m.version_compat import dag_bag
+    from airflow_provider_m2m.sandbox.airflow_home import dag_bag
 
     target = folder / (name or f"{dag_id}.py")
     if isinstance(source, Path):

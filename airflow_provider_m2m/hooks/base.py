@@ -14,10 +14,10 @@ import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_m2m import batches, transport
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError, M2mProviderError
-from airflow_provider_m2m.transport import Attempts, RateLimiter, Reply, RetryPolicy
-from airflow_provider_m2m.version_compat import amask_secret, mask_secret
+from airflow_provider_m2m.utils import batches, transport
+from airflow_provider_m2m.utils.transport import Attempts, RateLimiter, Reply, RetryPolicy
+from airflow_provider_m2m.utils.version_compat import amask_secret, mask_secret
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 import aiohttp
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
 from airflow_provider_m2m.hooks import connection_forms
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import daraja
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.daraja import SimSwapRecord
-from airflow_provider_m2m.transport import Reply, RetryPolicy
+from airflow_provider_m2m.utils import batches
+from airflow_provider_m2m.utils.transport import Reply, RetryPolicy
 
 __all__ = ["DarajaHook", "SimSwapRecord", "clear_token_cache"]
 
@@ -87,7 +87,8 @@ class DarajaHook(PlatformHook):
         for record in hook.check_sim_swaps(numbers, max_workers=8): ...
 
     :param daraja_conn_id: the Airflow connection id (conn type ``daraja``).
-    :param retry_policy: how transient failures are retried (:class:`~airflow_provider_m2m.transport.RetryPolicy`).
+    :param retry_policy: how transient failures are retried
+        (:class:`~airflow_provider_m2m.utils.transport.RetryPolicy`).
     """
 
     conn_name_attr = "daraja_conn_id"

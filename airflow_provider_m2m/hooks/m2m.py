@@ -22,7 +22,7 @@ from airflow_provider_m2m.protocol import sim_insight, sim_status, sms
 from airflow_provider_m2m.protocol.excerpt import excerpt
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord, SmsDetails, SmsHistory, SmsReceipt
 from airflow_provider_m2m.protocol.sim_status import SimStatus, StatusChange, UsageRecord
-from airflow_provider_m2m.transport import Reply, RetryPolicy
+from airflow_provider_m2m.utils.transport import Reply, RetryPolicy
 
 __all__ = [
     "ImeiRecord",
@@ -76,7 +76,8 @@ class M2mHook(PlatformHook):
         for record in hook.query_imeis(fleet_iccids, max_workers=32): ...
 
     :param m2m_conn_id: the Airflow connection id (conn type ``m2m``).
-    :param retry_policy: how transient failures are retried (:class:`~airflow_provider_m2m.transport.RetryPolicy`).
+    :param retry_policy: how transient failures are retried
+        (:class:`~airflow_provider_m2m.utils.transport.RetryPolicy`).
     """
 
     conn_name_attr = "m2m_conn_id"

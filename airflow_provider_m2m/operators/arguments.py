@@ -87,7 +87,7 @@ def iccid_file(uri: str) -> Iterator[str]:
 
     :raises InvalidRequestError: naming the file, the line and the rule.
     """
-    from airflow_provider_m2m.files import read_csv
+    from airflow_provider_m2m.utils.files import read_csv
 
     for line, row in enumerate(read_csv(uri), start=2):
         if "iccid" not in row:

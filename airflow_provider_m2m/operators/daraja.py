@@ -14,8 +14,8 @@ from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
 from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_int, as_workers
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.msisdn import masked
-from airflow_provider_m2m.task_failures import bad_input_fails_task
-from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSkipException
+from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
+from airflow_provider_m2m.utils.version_compat import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -118,7 +118,7 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: Daraja's IMSI check (``imsi/v1/checkATI``) in."""
-        from airflow_provider_m2m import lineage
+        from airflow_provider_m2m.utils import lineage
 
         return lineage.operator_lineage([lineage.platform_dataset(self.hook.base_url, CHECK_PATH.lstrip("/"))])
 

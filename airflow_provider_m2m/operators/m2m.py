@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.files import write_csv
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
 from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_iccid_source, as_window, as_workers
-from airflow_provider_m2m.progress import Progress
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
-from airflow_provider_m2m.sms_ledger import SmsLedger
-from airflow_provider_m2m.sms_sending import Message, send_once_each
-from airflow_provider_m2m.task_failures import bad_input_fails_task
-from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
+from airflow_provider_m2m.sms.ledger import SmsLedger
+from airflow_provider_m2m.sms.sending import Message, send_once_each
+from airflow_provider_m2m.utils.files import write_csv
+from airflow_provider_m2m.utils.progress import Progress
+from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
+from airflow_provider_m2m.utils.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -185,7 +185,7 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the platform's ``query_imei`` (and the ``iccids_uri`` file) in; ``output_uri`` out."""
-        from airflow_provider_m2m import lineage
+        from airflow_provider_m2m.utils import lineage
 
         inputs = [lineage.platform_dataset(self.hook.base_url, "query_imei")]
         inputs += [lineage.file_dataset(self.iccids_uri)] if self.iccids_uri else []
@@ -203,7 +203,7 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     nothing and succeeds with ``[]``. Each SIM gets its own ``sms_uid``, derived from the run, task, map
     index and ICCID so a retry reuses it.
 
-    Sends are recorded write-ahead in a ledger (:class:`~airflow_provider_m2m.sms_ledger.SmsLedger`: Airflow's
+    Sends are recorded write-ahead in a ledger (:class:`~airflow_provider_m2m.sms.ledger.SmsLedger`: Airflow's
     task state store), a window of SIMs at a time: ``pending`` before the window's first request can leave,
     ``sent`` after the platform's acknowledgement, ``failed`` when the platform refused the SIM for good. A
     retry skips the SIMs recorded as sent or refused; a SIM left ``pending`` (the worker died, or the outcome
@@ -343,7 +343,7 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the messages go out to the platform's ``send_sms``."""
-        from airflow_provider_m2m import lineage
+        from airflow_provider_m2m.utils import lineage
 
         return lineage.operator_lineage(outputs=[lineage.platform_dataset(self.hook.base_url, "send_sms")])
 

@@ -13,8 +13,8 @@ from airflow_provider_m2m.hooks.m2m import M2mHook, SimStatus
 from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_workers
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_status
-from airflow_provider_m2m.task_failures import bad_input_fails_task
-from airflow_provider_m2m.version_compat import AirflowException, AirflowFailException
+from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
+from airflow_provider_m2m.utils.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -11,19 +11,24 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_m2m.delivery import (
+from airflow_provider_m2m.hooks.m2m import M2mHook
+from airflow_provider_m2m.operators.arguments import as_int
+from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
+from airflow_provider_m2m.sms.delivery import (
     POLL_RETRY_POLICY,
     DeliveryWatch,
     messages_to_watch,
     poll_round,
     requests_per_poke,
 )
-from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.operators.arguments import as_int
-from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
-from airflow_provider_m2m.task_failures import bad_input_fails_task
 from airflow_provider_m2m.triggers.m2m import SmsDeliveryTrigger
-from airflow_provider_m2m.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
+from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
+from airflow_provider_m2m.utils.version_compat import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    conf,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

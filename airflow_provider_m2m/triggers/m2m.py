@@ -10,9 +10,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_m2m.delivery import POLL_RETRY_POLICY, DeliveryWatch, poll_round, requests_per_poke
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
+from airflow_provider_m2m.sms.delivery import POLL_RETRY_POLICY, DeliveryWatch, poll_round, requests_per_poke
 
 #: The shortest pause between two rounds, whatever poke_interval says: never a busy loop against the platform.
 MIN_INTERVAL = 0.1
@@ -25,7 +25,7 @@ class SmsDeliveryTrigger(BaseTrigger):
     A round starts every ``poke_interval`` (a round that takes longer is followed by the next one at once,
     after at least 0.1 s) and asks about at most ``max_requests_per_poke`` SIMs (those asked longest ago
     first; unset: what the connection's ``max_requests_per_second`` allows in one ``poke_interval``, see
-    :func:`~airflow_provider_m2m.delivery.requests_per_poke`), at most ``max_workers`` at a time; a round in
+    :func:`~airflow_provider_m2m.sms.delivery.requests_per_poke`), at most ``max_workers`` at a time; a round in
     which queries failed doubles the interval (up to ``max_wait``), as does every round with
     ``exponential_backoff``. Polling only reads, so a
     triggerer restart that runs this again from its kwargs is harmless.

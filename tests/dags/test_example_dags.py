@@ -53,7 +53,7 @@ def _one(tmp_path: Path, name: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- parsing
 def _dagbag(path: Path):
-    from airflow_provider_m2m.version_compat import dag_bag
+    from airflow_provider_m2m.sandbox.airflow_home import dag_bag
 
     return dag_bag(str(path))
 

@@ -30,7 +30,7 @@ with DAG("lineage_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1,
 # rest of the suite runs with OpenLineage off (tests/conftest.py).
 RUN = """
 import sys
-from airflow_provider_m2m.version_compat import dag_bag
+from airflow_provider_m2m.sandbox.airflow_home import dag_bag
 dag = dag_bag(sys.argv[1]).get_dag("lineage_test")
 print("STATE", dag.test().state)
 """

@@ -11,7 +11,7 @@ import pytest
 from conftest import ANCHOR, load_dag
 
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
-from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE, AirflowFailException
+from airflow_provider_m2m.utils.version_compat import HAS_TASK_STATE_STORE, AirflowFailException
 
 NOT_IN_FLEET = "8900000000000000000"
 DAY = dt.timedelta(days=1)

@@ -34,7 +34,7 @@ def hitl_trigger_answered_in_dag_test(monkeypatch):
     answer still travels REST API -> metadata DB -> execution API -> trigger. Airflow 3.3 needs nothing
     (the step waits in ``awaiting_input`` with no trigger).
     """
-    from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS
+    from airflow_provider_m2m.utils.version_compat import AIRFLOW_V_3_3_PLUS
 
     if AIRFLOW_V_3_3_PLUS:
         return
@@ -195,7 +195,7 @@ def test_no_answer_before_the_timeout_suspends_nothing(sb, dags_folder, tmp_path
     it, and ``dag.test()`` runs no scheduler, so the test sweeps as the scheduler does; before 3.3 the HITL
     trigger itself applies the timeout.
     """
-    from airflow_provider_m2m.version_compat import AIRFLOW_V_3_3_PLUS
+    from airflow_provider_m2m.utils.version_compat import AIRFLOW_V_3_3_PLUS
 
     sims = active_sims(sb, 2)
     report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)

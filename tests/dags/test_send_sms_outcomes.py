@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from conftest import load_dag
 
-from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE
+from airflow_provider_m2m.utils.version_compat import HAS_TASK_STATE_STORE
 
 NOT_IN_FLEET = "8900000000000000000"  # valid syntax, unknown to the platform: "invalid iccid"
 

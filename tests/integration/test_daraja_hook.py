@@ -13,7 +13,7 @@ from conftest import DARAJA_SECRET
 
 from airflow_provider_m2m.exceptions import AuthenticationError, DarajaApiError, InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import DarajaHook, clear_token_cache
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 FAST = RetryPolicy(base_delay=0.01)
 

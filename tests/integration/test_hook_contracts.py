@@ -20,7 +20,7 @@ from airflow_provider_m2m.exceptions import InvalidRequestError, M2mApiError, Tr
 from airflow_provider_m2m.hooks.daraja import DarajaHook
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.protocol import iccid, msisdn
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05)
 

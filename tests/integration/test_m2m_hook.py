@@ -20,7 +20,7 @@ from airflow_provider_m2m.exceptions import (
     OutcomeUnknownError,
 )
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook, SmsReceipt
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 FAST = RetryPolicy(base_delay=0.01, max_delay=2)
 NOT_IN_FLEET = "8900000000000000000"  # well-formed, unknown to the platform

@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 from stack import S3_ROOT, WORKERS
 
-from airflow_provider_m2m.fleet_plan import batch_uris, night_folder
+from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
 
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
 DAY = dt.timedelta(days=1)

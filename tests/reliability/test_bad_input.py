@@ -16,7 +16,7 @@ from airflow_provider_m2m.hooks.daraja import DarajaHook
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators.daraja import CheckSimSwapOperator
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
-from airflow_provider_m2m.version_compat import AirflowFailException
+from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
 GOOD_ICCID = "8925401000000000012"
 GOOD_TEXT = "Hello"

@@ -26,8 +26,8 @@ from collections import Counter
 import pytest
 from conftest import ROOT
 
-from airflow_provider_m2m.sms_sending import window_size
-from airflow_provider_m2m.version_compat import HAS_TASK_STATE_STORE
+from airflow_provider_m2m.sms.sending import window_size
+from airflow_provider_m2m.utils.version_compat import HAS_TASK_STATE_STORE
 
 pytestmark = pytest.mark.airflow
 
@@ -73,7 +73,7 @@ server = uvicorn.Server(uvicorn.Config(create_app(apps="execution"), host="127.0
 threading.Thread(target=server.run, daemon=True).start()
 while not server.started:
     time.sleep(0.05)
-from airflow_provider_m2m.version_compat import dag_bag
+from airflow_provider_m2m.sandbox.airflow_home import dag_bag
 
 dag = dag_bag(sys.argv[1]).get_dag("crash_resume")
 dr = dag.test(use_executor=True)

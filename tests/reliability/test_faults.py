@@ -11,7 +11,7 @@ from conftest import ANCHOR, M2M_PASSWORD
 
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.sandbox import Fleet, Sandbox
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 FLEET = 2000
 UNKNOWN = [f"89000000000000{i:05d}" for i in range(20)]  # valid syntax, not in the fleet: "invalid iccid"

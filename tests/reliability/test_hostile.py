@@ -18,7 +18,7 @@ import pytest
 from airflow_provider_m2m.exceptions import M2mProviderError
 from airflow_provider_m2m.hooks.daraja import DarajaHook, clear_token_cache
 from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 MARKER = "FILE-CONTENT-MARKER-7f3a9c"
 ICCID = "8925401000000000012"

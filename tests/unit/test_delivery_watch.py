@@ -8,10 +8,10 @@ import json
 import pendulum
 import pytest
 
-from airflow_provider_m2m.delivery import DeliveryWatch, messages_to_watch
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError, M2mApiError, ProtocolError
 from airflow_provider_m2m.protocol import sim_insight
 from airflow_provider_m2m.protocol.sim_insight import SmsDetails, SmsHistory
+from airflow_provider_m2m.sms.delivery import DeliveryWatch, messages_to_watch
 
 A, B, C = "8925401000000000012", "8925401000000000020", "8925401000000000038"
 

@@ -1,5 +1,5 @@
 """
-The fleet plan (``airflow_provider_m2m.fleet_plan``) on ``file://`` storage: XCom O(batches), every SIM in
+The fleet plan (``airflow_provider_m2m.fleet_audit.plan``) on ``file://`` storage: XCom O(batches), every SIM in
 exactly one sorted batch file, and the duplicate check that streams (a k-way merge, not a set of the fleet).
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_m2m import files
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.fleet_plan import batch_uris, night_folder, plan_fleet, plan_size
+from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder, plan_fleet, plan_size
+from airflow_provider_m2m.utils import files
 
 NIGHT = dt.date(2026, 3, 1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_m2m.lineage import platform_namespace
+from airflow_provider_m2m.utils.lineage import platform_namespace
 
 
 @pytest.mark.parametrize(

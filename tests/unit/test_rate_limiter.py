@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_m2m.transport import RateLimiter
+from airflow_provider_m2m.utils.transport import RateLimiter
 
 
 def test_sends_are_evenly_spaced_never_a_burst():

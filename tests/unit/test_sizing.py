@@ -1,4 +1,4 @@
-"""The automatic batch size (``airflow_provider_m2m.sizing``): full waves, as few as the largest batch allows."""
+"""The automatic batch size (``fleet_audit.sizing``): full waves, as few as the largest batch allows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from airflow_provider_m2m.sizing import MAX_BATCH_SIZE, batch_size_for
+from airflow_provider_m2m.fleet_audit.sizing import MAX_BATCH_SIZE, batch_size_for
 
 
 def _batches(fleet: int, size: int) -> list[int]:
@@ -65,7 +65,7 @@ def test_bad_counts_are_refused_naming_the_field(args, field):
 
 
 def test_the_fleet_plan_sizes_from_the_fleet_file_unless_a_batch_size_is_given(tmp_path):
-    from airflow_provider_m2m.fleet_plan import fleet_batch_size
+    from airflow_provider_m2m.fleet_audit.plan import fleet_batch_size
     from airflow_provider_m2m.sandbox import Fleet
 
     fleet = Fleet(1_001).write_csv(tmp_path / "fleet.csv").as_uri()

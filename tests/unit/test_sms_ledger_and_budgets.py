@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_m2m.delivery import DEFAULT_REQUESTS_PER_POKE, requests_per_poke
-from airflow_provider_m2m.progress import Progress
-from airflow_provider_m2m.sms_ledger import PENDING, SmsLedger
-from airflow_provider_m2m.sms_sending import MAX_WINDOW, MIN_WINDOW, window_size
+from airflow_provider_m2m.sms.delivery import DEFAULT_REQUESTS_PER_POKE, requests_per_poke
+from airflow_provider_m2m.sms.ledger import PENDING, SmsLedger
+from airflow_provider_m2m.sms.sending import MAX_WINDOW, MIN_WINDOW, window_size
+from airflow_provider_m2m.utils.progress import Progress
 
 LOG = logging.getLogger("test")
 SIMS = ["8925401000000000012", "8925401000000000020"]

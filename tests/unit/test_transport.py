@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from airflow_provider_m2m import transport
 from airflow_provider_m2m.exceptions import OutcomeUnknownError, ProtocolError, TransientError
-from airflow_provider_m2m.transport import (
+from airflow_provider_m2m.utils import transport
+from airflow_provider_m2m.utils.transport import (
     Attempts,
     RateLimiter,
     Reply,

@@ -64,19 +64,6 @@ except ImportError:  # Airflow 3.1 / 3.2: no task state store; the SMS ledger se
     HAS_TASK_STATE_STORE = False
 
 
-def dag_bag(dag_folder: str) -> Any:
-    """
-    Parse ``dag_folder`` (a folder or one file) as the DAG processor does; for tests, demos and benchmarks.
-
-    :param dag_folder: the folder or file to parse.
-    """
-    try:
-        from airflow.dag_processing.dagbag import DagBag
-    except ImportError:  # Airflow 3.1: DagBag still lives in airflow.models
-        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
-    return DagBag(dag_folder=dag_folder)
-
-
 __all__ = [
     "AirflowException",
     "AirflowFailException",
@@ -87,6 +74,5 @@ __all__ = [
     "HAS_TASK_STATE_STORE",
     "amask_secret",
     "conf",
-    "dag_bag",
     "mask_secret",
 ]

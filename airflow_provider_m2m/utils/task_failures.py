@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
-from airflow_provider_m2m.version_compat import AirflowFailException
+from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from airflow_provider_m2m import batches
 from airflow_provider_m2m.exceptions import (
     AuthenticationError,
     M2mApiError,
@@ -26,8 +25,9 @@ from airflow_provider_m2m.exceptions import (
     TransientError,
 )
 from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.progress import Progress
-from airflow_provider_m2m.sms_ledger import FAILED, PENDING, SENT, SmsLedger
+from airflow_provider_m2m.sms.ledger import FAILED, PENDING, SENT, SmsLedger
+from airflow_provider_m2m.utils import batches
+from airflow_provider_m2m.utils.progress import Progress
 
 #: How the progress line counts the rows' outcomes (``success``, ``failed``, ``unknown``), the good one first.
 COUNTED_AS = {"success": "sent", "failed": "failed", "unknown": "unknown"}

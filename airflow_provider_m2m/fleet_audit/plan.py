@@ -14,10 +14,10 @@ Why this shape:
   own run (:func:`batch_uris`), as the plan did, instead of reading them from XCom.
 * Memory: the fleet file streams through; one batch is in memory at a time (sorted, then written). The check
   that each ICCID is listed once is a k-way merge of the sorted batch files
-  (:func:`~airflow_provider_m2m.files.merged_csv`, the one the report's diff uses) that finds adjacent equals,
+  (:func:`~airflow_provider_m2m.utils.files.merged_csv`, the one the report's diff uses) that finds adjacent equals,
   not a set of the fleet; only on that error path is the fleet file read a second time, to name both lines.
 * The batch files carry the fleet's other columns (``asset_name``, ``expected_imei``...) and are sorted, so
-  the report joins each with its query rows directly (:func:`~airflow_provider_m2m.audit_state.audit_night`),
+  the report joins each with its query rows directly (:func:`~airflow_provider_m2m.fleet_audit.state.audit_night`),
   never re-reading or re-sorting the fleet file.
 """
 
@@ -29,11 +29,11 @@ from contextlib import closing
 from itertools import chain, islice
 from typing import Any
 
-from airflow_provider_m2m.audit import checked_fleet
-from airflow_provider_m2m.audit_state import check_previous_state
 from airflow_provider_m2m.exceptions import InvalidRequestError
-from airflow_provider_m2m.files import merged_csv, read_csv, report_folder, write_csv
-from airflow_provider_m2m.sizing import batch_size_for
+from airflow_provider_m2m.fleet_audit.rules import checked_fleet
+from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
+from airflow_provider_m2m.fleet_audit.state import check_previous_state
+from airflow_provider_m2m.utils.files import merged_csv, read_csv, report_folder, write_csv
 
 #: The audit's folder under ``report_base_uri``.
 AUDIT_NAME = "fleet_imei_change_report"
@@ -65,8 +65,8 @@ def batch_uris(folder: str, batch: int) -> dict[str, str]:
 def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, max_map_length: int) -> int:
     """
     ``batch_size`` when given; else sized from the fleet's row count so that the batches fill ``pool_slots`` in
-    as few full waves as possible (:func:`~airflow_provider_m2m.sizing.batch_size_for`; one more streamed read
-    of the fleet file, for its row count).
+    as few full waves as possible (:func:`~airflow_provider_m2m.fleet_audit.sizing.batch_size_for`; one more
+    streamed read of the fleet file, for its row count).
     """
     if batch_size:
         return batch_size

@@ -10,7 +10,7 @@ HTTP plumbing shared by both hooks; no Airflow imports.
   of the client CPU per call of requests from threads), both returning a :class:`Reply` or raising
   :class:`SendError` that says whether the request may have reached the server.
 
-Running a batch of such calls concurrently is :mod:`airflow_provider_m2m.batches`.
+Running a batch of such calls concurrently is :mod:`airflow_provider_m2m.utils.batches`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES, NOT_FOUND, STATES, UNCHECKED
 from airflow_provider_m2m.protocol.sim_insight import SmsHistory
 from airflow_provider_m2m.protocol.values import read_literal
-from airflow_provider_m2m.transport import RetryPolicy
+from airflow_provider_m2m.utils.transport import RetryPolicy
 
 if TYPE_CHECKING:
     import logging

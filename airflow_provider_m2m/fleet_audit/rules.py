@@ -6,7 +6,7 @@ A night compares each SIM with the *audit state* (IMEI and ``last_change`` per S
 audit before it, not with its data interval, so a change made while a night failed, was skipped or ran late is
 reported by the next successful night, dated by the platform's ``last_change``, and only by that one.
 
->>> from airflow_provider_m2m.audit import Seen, audit_sim
+>>> from airflow_provider_m2m.fleet_audit.rules import Seen, audit_sim
 >>> import datetime as dt
 >>> since = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 >>> answer = {"iccid": "8925401000000000001", "current_imei": "359827041234569",
@@ -142,7 +142,7 @@ def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Ma
     """
     Yield each fleet row (its ``iccid`` stripped), checking it: an ICCID of 18 to 22 digits, an ``expected_imei``
     that is empty or an IMEI. Row by row, holding nothing: that each ICCID is listed once is checked on the
-    sorted batch files (:mod:`airflow_provider_m2m.fleet_plan`).
+    sorted batch files (:mod:`airflow_provider_m2m.fleet_audit.plan`).
 
     :param rows: the fleet file's rows (the header is line 1).
     :param source: the file's name, for the messages.

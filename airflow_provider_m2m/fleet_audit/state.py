@@ -15,7 +15,7 @@ Why this shape:
 * A state file is a gzip-compressed CSV sorted by ICCID: about 20 MB for 1,000,000 SIMs, readable by any
   tool, and sorted so that the night's diff is a merge-join that streams: each batch's sorted input file is
   joined with its query rows (one batch in memory), the sorted runs are merged
-  (:func:`~airflow_provider_m2m.files.merged_csv`, at most ``FAN_IN`` files open) and walked side by side
+  (:func:`~airflow_provider_m2m.utils.files.merged_csv`, at most ``FAN_IN`` files open) and walked side by side
   with the previous state. Memory depends on the batch size, not on the fleet.
 * It is written only when the night's report is written, and moved into place last, so a failed night leaves
   no state and the next night compares against the last successful one.
@@ -37,7 +37,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_m2m.audit import (
+from airflow_provider_m2m.fleet_audit.rules import (
     STATE_COLUMNS,
     STATUSES,
     Seen,
@@ -45,7 +45,7 @@ from airflow_provider_m2m.audit import (
     expected_imei,
     read_state,
 )
-from airflow_provider_m2m.files import csv_writer, merged_csv, read_csv, write_csv
+from airflow_provider_m2m.utils.files import csv_writer, merged_csv, read_csv, write_csv
 
 #: States kept: the newest this many nights (a week of reruns that reproduce their rows).
 KEEP_NIGHTS = 7
@@ -105,10 +105,10 @@ def audit_night(
     Diff the night's batch files against the previous state; write the report, then the night's state.
 
     :param batches: ``(input_uri, output_uri)`` of each batch: its fleet rows sorted by ICCID (the plan's
-        file, see :mod:`~airflow_provider_m2m.fleet_plan`) and its query CSV.
+        file, see :mod:`~airflow_provider_m2m.fleet_audit.plan`) and its query CSV.
     :param audit_folder: ``<report_base_uri>/fleet_imei_change_report``.
     :param night: the data interval's start date (names the report folder and the state).
-    :param since: the data interval's start (see :func:`~airflow_provider_m2m.audit.audit_sim`).
+    :param since: the data interval's start (see :func:`~airflow_provider_m2m.fleet_audit.rules.audit_sim`).
     :param keep_nights: how many nights of state to keep.
     :returns: ``report_csv``, ``state``, ``previous_state`` and the counts (``fleet_size`` and each status).
     :raises NightIncomplete: a batch file is missing (nothing is written).

@@ -28,7 +28,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_m2m.protocol import push
-from airflow_provider_m2m.push_events import record
+from airflow_provider_m2m.push.events import record
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Airflow plugins of this provider: the api-server app that receives SIM Insight's pushes."""

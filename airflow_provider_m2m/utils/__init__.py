@@ -1,0 +1,1 @@
+"""Internal plumbing shared by the hooks, operators and features: not part of the public API, may change."""
