@@ -29,7 +29,7 @@ POOL, POOL_SLOTS = "m2m_platform", 4
 def main() -> int:
     home = Path(os.environ.get("M2M_DEMO_HOME", ROOT / ".airflow")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.update(airflow_home_env(home, dags_folder=ROOT / "dags"))
+    os.environ.update(airflow_home_env(home, dags_folder=ROOT / "airflow_provider_m2m" / "example_dags"))
     started = time.monotonic()
     print(f"[demo] Airflow home: {home}", flush=True)
 

@@ -23,7 +23,7 @@ from conftest import ANCHOR, ROOT, load_dag
 
 from airflow_provider_m2m.hooks.daraja import clear_token_cache
 
-DAGS = ROOT / "dags"
+DAGS = ROOT / "airflow_provider_m2m" / "example_dags"
 DAG_FILES = {
     "fleet_imei_change_report": DAGS / "fleet_imei_change_report.py",
     "sms_notification_run": DAGS / "sms_notification_run.py",

@@ -41,8 +41,8 @@ def timeline_sandbox(monkeypatch):
 
 @pytest.fixture
 def fleet_dag(dags_folder):
-    shutil.copytree(ROOT / "dags" / "data", dags_folder / "data")
-    return load_dag(dags_folder, ROOT / "dags" / f"{DAG_ID}.py", DAG_ID)
+    shutil.copytree(ROOT / "airflow_provider_m2m" / "example_dags" / "data", dags_folder / "data")
+    return load_dag(dags_folder, ROOT / "airflow_provider_m2m" / "example_dags" / f"{DAG_ID}.py", DAG_ID)
 
 
 def _night(dag, sb, tmp_path: Path, fleet_file: Path, night: int, **conf):

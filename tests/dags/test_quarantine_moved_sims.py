@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, load_dag
 from test_m2m_operators import states, xcom
 
-DAG_FILE = ROOT / "dags" / "quarantine_moved_sims.py"
+DAG_FILE = ROOT / "airflow_provider_m2m" / "example_dags" / "quarantine_moved_sims.py"
 DAG_ID = "quarantine_moved_sims"
 REVIEWER, REVIEWER_PASSWORD = "reviewer", "reviewer-password"
 

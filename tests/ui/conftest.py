@@ -70,10 +70,10 @@ def airflow_server(tmp_path_factory, sandbox):
         server.wait_until(
             lambda: server.api("GET", "/api/v2/dags/sms_notification_run")[0] == 200,
             120,
-            "the dag-processor to parse dags/",
+            "the dag-processor to parse the example DAGs",
         )
         status, errors = server.api("GET", "/api/v2/importErrors")
-        assert status == 200 and errors["total_entries"] == 0, f"import errors in dags/: {errors}"
+        assert status == 200 and errors["total_entries"] == 0, f"import errors in the example DAGs: {errors}"
         yield server
     signal.signal(signal.SIGTERM, previous)
     secrets = (sandbox.credentials["m2m_password"], sandbox.credentials["daraja_secret"], *sandbox.issued_tokens())
