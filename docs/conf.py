@@ -32,7 +32,6 @@ exclude_patterns = [
     "_build",
     # Notes written beside each change, for whoever folds them into these pages: not pages themselves.
     "notes",
-    "README.md",
 ]
 
 # Pieces the pages document that land on other branches of this release. Until each exists, its
