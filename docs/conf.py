@@ -65,5 +65,4 @@ add_module_names = False
 
 html_theme = "furo"
 html_title = f"airflow-provider-m2m {release}"
-html_static_path = ["_static"]
 html_show_sourcelink = False
