@@ -16,8 +16,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_STAMP := $(VENV)/.installed-ui
 PROD_STAMP := $(VENV)/.installed-prod
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test test-ui test-push test-prod test-package chromium prod-servers demo bench lint clean
+.PHONY: test test-ui test-push test-prod test-package chromium prod-servers demo bench lint docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +77,20 @@ prod-servers:
 test-prod: $(PROD_STAMP) prod-servers
 	$(BIN)/python -m pytest tests/prod -v -s
 
+# The docs site (docs/, Sphinx + MyST + Furo) into docs/_build/html: a fresh build, every warning an error
+# (-W --keep-going: all of them listed; -n: every cross-reference must resolve), then every internal link and
+# #anchor of the built HTML checked (docs/check_links.py; external links are not fetched). The code the pages
+# show is run by tests/docs (part of `make test`).
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]' $(PIN)
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+	$(BIN)/python docs/check_links.py docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
@@ -83,4 +98,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf .venv .venv-* .airflow .pytest_cache ui-screenshots
+	rm -rf .venv .venv-* .airflow .pytest_cache ui-screenshots docs/_build

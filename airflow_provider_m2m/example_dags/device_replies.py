@@ -18,6 +18,7 @@ from airflow.sdk import DAG, Asset, task
 
 from airflow_provider_m2m.operators.m2m import SendSmsOperator
 
+# [START howto_receive_pushes]
 MO_SMS = Asset("sim_insight_mo_sms")
 REPORT_COLUMNS = ["iccid", "msisdn", "timestamp", "text", "api_did"]
 HELP_TEXT = "Reply STATUS for the tracker's state, STOP to end alerts."
@@ -50,3 +51,4 @@ with DAG(
 
     help_iccids = asked_for_help(write_replies())
     SendSmsOperator(task_id="send_help", iccids=help_iccids, message_text=HELP_TEXT, pool="m2m_platform")
+# [END howto_receive_pushes]

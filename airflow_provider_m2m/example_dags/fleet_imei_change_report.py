@@ -129,6 +129,7 @@ with DAG(
         folder = night_folder(context["params"]["report_base_uri"], context["data_interval_start"].date())
         return batch_uris(folder, batch["batch"])
 
+    # [START howto_fleet_imei_audit]
     batches = plan_batches()
 
     query = QueryImeiOperator.partial(
@@ -137,6 +138,7 @@ with DAG(
         max_workers="{{ params.max_workers }}",
         map_index_template="{{ task.output_uri.rsplit('/', 1)[-1] }}",
     ).expand_kwargs(batches.map(batch_files))
+    # [END howto_fleet_imei_audit]
 
     # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
     # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.

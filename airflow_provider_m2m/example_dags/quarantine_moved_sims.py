@@ -65,6 +65,7 @@ with DAG(
 
     report = read_report()
 
+    # [START howto_quarantine_approval]
     approve = ApproveSimsOperator(
         task_id="approve_suspension",
         sims=report["sims"],
@@ -79,6 +80,7 @@ with DAG(
     )
 
     suspend = SetSimStatusOperator(task_id="suspend", iccids=approve.output["approved_iccids"], status="deactivated")
+    # [END howto_quarantine_approval]
 
     @task(trigger_rule="all_done")
     def report_actions(found: dict, ti=None) -> dict:

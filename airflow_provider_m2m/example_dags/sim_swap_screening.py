@@ -86,12 +86,14 @@ with DAG(
             raise ValueError("no phone numbers: fill in the list or give a file")
         return numbers
 
+    # [START howto_screen_before_payout]
     screen = CheckSimSwapOperator(
         task_id="check_sim_swap",
         msisdns=collect_numbers(),
         within_days="{{ params.within_days }}",
         on_recent_swap="{{ params.on_recent_swap }}",
     )
+    # [END howto_screen_before_payout]
 
     @task
     def write_report(rows: list[dict], params=None, run_id=None) -> dict:

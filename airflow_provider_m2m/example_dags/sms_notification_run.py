@@ -147,6 +147,7 @@ with DAG(
 
     plan = validate_and_plan()
 
+    # [START howto_sms_run]
     send = SendSmsOperator.partial(
         task_id="send_sms",
         message_text="{{ params.message_text }}",
@@ -192,6 +193,7 @@ with DAG(
         max_wait=300,
         soft_fail=True,
     ).expand_kwargs(delivery_wait(outcomes))
+    # [END howto_sms_run]
 
     @task(trigger_rule="all_done")
     def write_report(rows: list[dict], params=None, ti=None, run_id=None) -> dict:
