@@ -198,7 +198,10 @@ class DarajaHook(PlatformHook):
             now = time.time()
             if claim.get("holder") == holder:
                 return self._renew(key, record)
-            if claim.get("holder") and float(claim.get("until") or 0) > now and now < give_up:
+            if now >= give_up:  # the store does not keep claims (e.g. an AIRFLOW_VAR_ shadows it): renew anyway
+                self.log.warning("Renewing the Daraja token of connection %r without the shared lease", self.conn_id)
+                return self._renew(key, record)
+            if claim.get("holder") and float(claim.get("until") or 0) > now:
                 time.sleep(POLL_SECONDS)  # a peer is renewing: its token will be in the store
                 continue
             token_store.write(key, {**record, "renewing": {"holder": holder, "until": now + LEASE_SECONDS}})
@@ -287,8 +290,9 @@ class DarajaHook(PlatformHook):
         except _TokenRejected:
             self.log.debug("Daraja refused the access token of connection %r; renewing it", self.conn_id)
             # Synchronous on purpose: the event loop runs on the caller's thread, so this briefly blocks
-            # the batch (one token fetch) but keeps mask_secret on the main thread, and the lock plus the
-            # `rejected` check make the other workers that saw the same 401 reuse the new token.
+            # the batch (the shared store's lease and one token fetch, or a peer's renewal awaited) but keeps
+            # the Task SDK's channel and mask_secret on the main thread; the lock plus the `rejected` check make
+            # the other coroutines that saw the same 401 reuse the new token.
             token = self._token(rejected=token)
         try:
             return await call(token)

@@ -163,3 +163,51 @@ def test_a_script_without_a_metadata_db_keeps_the_token_in_its_process(shared, t
     assert "No Airflow metadata DB to share the Daraja access token" in out
     assert sb.stats()["tokens_issued"] == 1
     assert not any(token in out for token in sb.issued_tokens())
+
+
+def _peer_token(sb) -> str:
+    """A token fetched by another worker of the deployment (which Daraja's rule makes the only live one)."""
+    import requests
+
+    creds = sb.credentials
+    r = requests.get(
+        f"{sb.url}/oauth/v1/generate",
+        params={"grant_type": "client_credentials"},
+        auth=(creds["daraja_key"], creds["daraja_secret"]),
+        timeout=10,
+    )
+    assert r.status_code == 200
+    return r.json()["access_token"]
+
+
+def test_a_worker_waits_for_a_peers_renewal_instead_of_renewing_again(shared):
+    """A peer holds the renewal lease: this worker polls the store and takes the peer's token, fetching none."""
+    sb = shared
+    key = _key(sb)
+    token_store.write(key, {"renewing": {"holder": "peer", "until": time.time() + 20}})
+    peer = _peer_token(sb)
+
+    def peer_finishes() -> None:
+        time.sleep(1.0)
+        token_store.write(key, {"access_token": peer, "expires_at": time.time() + 3599, "lifetime": 3599})
+
+    import threading
+
+    finisher = threading.Thread(target=peer_finishes)
+    finisher.start()
+    started = time.monotonic()
+    token = DarajaHook().get_access_token()
+    finisher.join()
+    assert token == peer and 0.9 <= time.monotonic() - started < 10
+    assert sb.stats()["tokens_issued"] == 1  # the peer's only
+    assert DarajaHook().check_sim_swap(list(sb.fleet.swaps)[0]).error is None
+
+
+def test_a_lease_whose_holder_died_is_taken_over_when_it_runs_out(shared):
+    sb = shared
+    token_store.write(_key(sb), {"renewing": {"holder": "a worker that died", "until": time.time() + 1.5}})
+    started = time.monotonic()
+    token = DarajaHook().get_access_token()
+    assert 1.4 <= time.monotonic() - started < 10
+    assert sb.stats()["tokens_issued"] == 1 and token == sb.issued_tokens()[-1]
+    assert token_store.read(_key(sb))["renewing"] is None
