@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from airflow.sdk.log import mask_secret
 
 from airflow_provider_m2m.exceptions import AuthenticationError, M2mProviderError
 from airflow_provider_m2m.hooks import connection_forms
+from airflow_provider_m2m.hooks import daraja_token_store as token_store
 from airflow_provider_m2m.hooks.base import PlatformHook
 from airflow_provider_m2m.protocol import daraja
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
@@ -32,29 +34,43 @@ CHECK_PATH = "/imsi/v1/checkATI"
 # Renew a cached token when less than this much of its life remains (the smaller of the two).
 RENEW_BEFORE_SECONDS = 60.0
 RENEW_BEFORE_FRACTION = 0.1
+# The renewal lease of the shared token (see DarajaHook._shared_token): a claim holds the other workers back
+# this long at most (a holder that died frees the app then); a claimer reads its claim back after
+# CLAIM_SETTLE_SECONDS; a worker waiting for a peer's renewal looks again every POLL_SECONDS.
+LEASE_SECONDS = 30.0
+CLAIM_SETTLE_SECONDS = 0.3
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str
-    expires_at: float  # time.monotonic()
+    expires_at: float  # epoch seconds (time.time()): the shared store compares it across processes and machines
     lifetime: float
 
     def fresh(self) -> bool:
         margin = min(RENEW_BEFORE_SECONDS, RENEW_BEFORE_FRACTION * self.lifetime)
-        return self.expires_at - time.monotonic() > margin
+        return self.expires_at - time.time() > margin
+
+    def record(self) -> dict[str, Any]:
+        return {"access_token": self.value, "expires_at": self.expires_at, "lifetime": self.lifetime, "renewing": None}
 
 
-# One token per (base URL, consumer key, secret digest) for the whole process; fetched under the lock,
-# read without it (a dict lookup is atomic), so many threads needing a token cause one fetch.
+# In front of the shared store, each process keeps the token it last used per (base URL, consumer key, secret
+# digest): read without the lock (a dict lookup is atomic), replaced under it, so many threads needing a
+# token cause one look at the store.
 _TOKENS: dict[tuple[str, str, str], _Token] = {}
 _TOKEN_LOCK = threading.Lock()
 
 
 def clear_token_cache() -> None:
-    """Forget every cached access token (tests, or after rotating a consumer secret)."""
+    """
+    Forget every access token this process knows, in the process and in the shared store (tests, or after
+    rotating a consumer secret).
+    """
     with _TOKEN_LOCK:
         _TOKENS.clear()
+        token_store.forget_all()
 
 
 class _TokenRejected(Exception):
@@ -76,8 +92,12 @@ class DarajaHook(PlatformHook):
 
     The connection's host is the environment's base URL (``https://sandbox.safaricom.co.ke`` or
     ``https://api.safaricom.co.ke``), login and password are the app's consumer key and secret, extras
-    ``timeout`` (s), ``verify`` (TLS) and ``max_requests_per_second``. The OAuth access token is cached per
-    connection in the process until shortly before it expires and registered with the secret masker.
+    ``timeout`` (s), ``verify`` (TLS) and ``max_requests_per_second``. Daraja keeps one live access token per
+    app (a new one invalidates the previous one), so the token is shared by every worker of the deployment
+    through an Airflow Variable (:mod:`~airflow_provider_m2m.hooks.daraja_token_store`: masked in the UI,
+    encrypted at rest where Airflow encrypts; in this process only when there is no metadata DB), renewed
+    shortly before it expires or once for everyone when Daraja refuses it, and registered with the secret
+    masker wherever it is read.
     Every check costs money on the real service: a batch never checks the same number twice.
 
     .. code-block:: python
@@ -133,10 +153,10 @@ class DarajaHook(PlatformHook):
         )
         mask_secret(token)
         self.log.info("Fetched a Daraja access token for connection %r (valid for %.0fs)", self.conn_id, lifetime)
-        return _Token(token, time.monotonic() + lifetime, lifetime)
+        return _Token(token, time.time() + lifetime, lifetime)
 
     def _token(self, rejected: str | None = None) -> str:
-        """The cached token, fetched when missing or near expiry, or replaced when it is ``rejected``."""
+        """The app's token, taken from the shared store or renewed there when missing, near expiry or ``rejected``."""
         key = self._cache_key()
         entry = _TOKENS.get(key)
         if entry is not None and entry.fresh() and entry.value != rejected:
@@ -145,16 +165,78 @@ class DarajaHook(PlatformHook):
             entry = _TOKENS.get(key)  # another thread may have fetched it (or already replaced `rejected`)
             if entry is not None and entry.fresh() and entry.value != rejected:
                 return entry.value
-            _TOKENS.pop(key, None)
-            entry = self._fetch_token()
+            entry = self._shared_token(rejected)
             _TOKENS[key] = entry
             return entry.value
 
+    def _shared_token(self, rejected: str | None) -> _Token:
+        """
+        The app's token from the store every worker shares (:mod:`.daraja_token_store`), renewed at most once
+        for everyone when it is missing, near expiry or ``rejected``.
+
+        A token other than ``rejected`` in the store means a peer already renewed: use it, so a refused token
+        is renewed once, not once per worker, and two workers never knock each other's token out in turn. A
+        plain read-then-renew races (two workers both see the old token, both renew, and the token written
+        last may be the one Daraja already invalidated), so renewing takes a lease: write a claim with a
+        unique holder id, wait CLAIM_SETTLE_SECONDS, read it back; only the holder whose claim is still there
+        renews, the others poll the store for its token. The store offers no compare-and-set (a Variable is a
+        whole-value write), and the wait makes a lost claim visible: a claim written after the holder's read
+        back would need a read-to-write gap longer than the settle time. Should two renew anyway, the token
+        left in the store is refused once and renewed once more: it heals, it does not loop. A holder that
+        dies frees the app when its claim runs out (LEASE_SECONDS); no waiter polls longer than that.
+        """
+        conn = self.connection
+        key = token_store.variable_key(self.base_url, conn.login or "", conn.password or "")
+        holder = uuid.uuid4().hex
+        give_up = time.time() + LEASE_SECONDS + self.timeout
+        while True:
+            record = token_store.read(key) or {}
+            shared = self._usable(record, rejected)
+            if shared is not None:
+                return shared
+            claim = record.get("renewing") or {}
+            now = time.time()
+            if claim.get("holder") == holder:
+                return self._renew(key, record)
+            if now >= give_up:  # the store does not keep claims (e.g. an AIRFLOW_VAR_ shadows it): renew anyway
+                self.log.warning("Renewing the Daraja token of connection %r without the shared lease", self.conn_id)
+                return self._renew(key, record)
+            if claim.get("holder") and float(claim.get("until") or 0) > now:
+                time.sleep(POLL_SECONDS)  # a peer is renewing: its token will be in the store
+                continue
+            token_store.write(key, {**record, "renewing": {"holder": holder, "until": now + LEASE_SECONDS}})
+            time.sleep(CLAIM_SETTLE_SECONDS)
+
+    @staticmethod
+    def _usable(record: dict[str, Any], rejected: str | None) -> _Token | None:
+        """The record's token if it is fresh and not the one just refused; registered with the secret masker."""
+        value = record.get("access_token")
+        if not isinstance(value, str) or not value or value == rejected:
+            return None
+        try:
+            entry = _Token(value, float(record["expires_at"]), float(record["lifetime"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        mask_secret(value)
+        return entry if entry.fresh() else None
+
+    def _renew(self, key: str, record: dict[str, Any]) -> _Token:
+        """Fetch a new token as the lease's holder and publish it; on failure free the lease at once."""
+        try:
+            entry = self._fetch_token()
+        except BaseException:
+            token_store.write(key, {**record, "renewing": None})  # peers need not wait the lease out
+            raise
+        token_store.write(key, entry.record())
+        return entry
+
     def get_access_token(self) -> str:
         """
-        Return a valid OAuth access token, cached per connection until shortly before it expires.
+        Return a valid OAuth access token: the app's token every worker shares, renewed shortly before it expires.
 
-        Thread-safe: concurrent callers trigger one fetch. The token is registered with the secret masker.
+        Thread-safe: concurrent callers trigger one fetch, and so do concurrent workers of a deployment. Works
+        inside a task (through the Task SDK) and outside one (a script: through the metadata DB; without one,
+        cached in the process). The token is registered with the secret masker.
 
         :raises AuthenticationError: Daraja refused the consumer key/secret (not retried).
         """
@@ -208,8 +290,9 @@ class DarajaHook(PlatformHook):
         except _TokenRejected:
             self.log.debug("Daraja refused the access token of connection %r; renewing it", self.conn_id)
             # Synchronous on purpose: the event loop runs on the caller's thread, so this briefly blocks
-            # the batch (one token fetch) but keeps mask_secret on the main thread, and the lock plus the
-            # `rejected` check make the other workers that saw the same 401 reuse the new token.
+            # the batch (the shared store's lease and one token fetch, or a peer's renewal awaited) but keeps
+            # the Task SDK's channel and mask_secret on the main thread; the lock plus the `rejected` check make
+            # the other coroutines that saw the same 401 reuse the new token.
             token = self._token(rejected=token)
         try:
             return await call(token)

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 #: Daraja reports only swaps younger than 3 months: a longer window cannot be answered.
 MAX_WITHIN_DAYS = 90
-ON_RECENT_SWAP = ("continue", "skip", "fail")
+ON_RECENT_SWAP = ("fail", "skip", "continue")
+#: The XCom key under which a blocking screen lists the numbers that blocked it (masked).
+BLOCKED_XCOM_KEY = "blocked_msisdns"
 
 
 class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
@@ -36,26 +38,37 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
     days before today (UTC), False when it is not, and None when the number could not be checked (Daraja
     answered an error, or retries ran out): its ``error`` says why. None means "unknown", never "safe".
 
-    The screen fails closed: with ``skip`` or ``fail``, a number that could not be checked blocks the task
-    exactly as a recent swap does. This is folded into ``on_recent_swap`` rather than a separate switch on
-    purpose: a screen that guards a risky action has one question ("may we go ahead?"), and no setting of
-    it lets an unchecked number through except ``continue``, which blocks nothing and reports everything.
+    The screen blocks by default (``on_recent_swap="fail"``): a screen placed before a risky action fails
+    closed unless the DAG author opts out. A safe default rather than a required argument: a required one
+    would stop every existing DAG from parsing, the safe ones included, while the default alone already
+    makes a screen written without the argument block; only a DAG that relied on the old ``continue``
+    default has to say so now. ``continue`` is the explicit opt-out for reporting runs that filter the rows
+    themselves (screen with ``continue``, keep the rows whose ``swapped_recently`` is False, act on those).
+    With ``skip`` or ``fail``, a number that could not be checked blocks the task exactly as a recent swap
+    does; this is folded into ``on_recent_swap`` rather than a separate switch on purpose: a screen that
+    guards a risky action has one question ("may we go ahead?"), and no setting of it lets an unchecked
+    number through except ``continue``, which blocks nothing and reports everything.
+
+    When the screen blocks, it first pushes the numbers that blocked it to XCom under the key
+    ``blocked_msisdns``, masked as in the logs (``*******1234``), so the run shows which customers were
+    stopped; then it fails (without retries) or skips.
 
     .. code-block:: python
 
-        CheckSimSwapOperator(task_id="screen", msisdns="{{ params.msisdn }}", within_days=30, on_recent_swap="fail")
+        screen = CheckSimSwapOperator(task_id="screen", msisdns="{{ params.msisdn }}", within_days=30)
+        screen >> payout  # the payout runs only when no number was swapped within 30 days
 
     :param msisdns: one number (a plain string is one number, never split) or a list. Templated.
     :param within_days: the window in days, 1 to 90 (Daraja knows only the last 3 months). Templated.
-    :param on_recent_swap: what a recent swap or an unchecked number does: ``continue`` (return the rows,
-        ``swapped_recently`` None for an unchecked number), ``skip`` (skip the task, so its downstream does not
-        run) or ``fail`` (fail the task without retries, listing the numbers masked to their last 4 digits).
-        Templated.
+    :param on_recent_swap: what a recent swap or an unchecked number does: ``fail`` (the default: fail the
+        task without retries, listing the numbers masked to their last 4 digits), ``skip`` (skip the task, so
+        its downstream does not run) or ``continue`` (return the rows, ``swapped_recently`` None for an
+        unchecked number). Templated.
     :param daraja_conn_id: the Daraja connection. Templated.
-    :param max_workers: checks in flight at once (default 16).
+    :param max_workers: checks in flight at once (default 16). Templated.
     """
 
-    template_fields: Sequence[str] = ("msisdns", "within_days", "on_recent_swap", "daraja_conn_id")
+    template_fields: Sequence[str] = ("msisdns", "within_days", "on_recent_swap", "daraja_conn_id", "max_workers")
     ui_color = "#dff3d8"
 
     def __init__(
@@ -63,7 +76,7 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
         *,
         msisdns: str | list[str],
         within_days: int | str = MAX_WITHIN_DAYS,
-        on_recent_swap: str = "continue",
+        on_recent_swap: str = "fail",
         daraja_conn_id: str = DarajaHook.default_conn_name,
         max_workers: int | None = None,
         **kwargs: Any,
@@ -111,6 +124,8 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
         )
         if mode != "continue" and (recent or unchecked):
             blocked = self._blocked(recent, unchecked, days)
+            # Before raising: the run then shows which customers were stopped (masked, as in the log).
+            context["ti"].xcom_push(key=BLOCKED_XCOM_KEY, value=[masked(n) for n in sorted({*recent, *unchecked})])
             if mode == "skip":
                 raise AirflowSkipException(blocked)
             raise AirflowFailException(blocked)

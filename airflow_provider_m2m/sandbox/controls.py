@@ -138,7 +138,8 @@ class SandboxControls:
         at that moment (a fleet with ``timeline_days`` answers its device changes recorded by then);
         ``configure(now="")`` for the real clock again (as does :meth:`reset`).
 
-        :param knobs: ``latency``, ``rate_limit``, ``token_ttl``, ``seed``, ``sms_delivery_delay`` (seconds
+        :param knobs: ``latency``, ``rate_limit``, ``token_ttl``, ``one_live_token`` (Daraja's rule that a new
+            token invalidates the app's previous one; on by default), ``seed``, ``sms_delivery_delay`` (seconds
             until a message settles into its SIM's :meth:`Fleet.sms_fate`, for messages sent from then on),
             ``now`` (an aware datetime or ISO 8601 string; ``""`` = the real clock) and the credential names
             of ``SANDBOX_CREDENTIALS``.
@@ -170,7 +171,8 @@ class SandboxControls:
     def stats(self) -> dict[str, Any]:
         """
         Counters: ``requests``, ``by_command``, ``by_status`` (int status -> count), ``faults``,
-        ``rate_limited``, ``in_flight``, ``max_in_flight``, ``tokens_issued``, ``sms_per_iccid``,
+        ``rate_limited``, ``in_flight``, ``max_in_flight``, ``tokens_issued``, ``tokens_issued_per_app`` (consumer
+        key -> Daraja tokens issued to that app), ``sms_per_iccid``,
         ``imei_queries_per_iccid``, ``checks_per_msisdn``, ``pushes`` (of the :meth:`push_to` target:
         ``delivered``, ``refused``, ``posts``, ``duplicates_sent``; empty when not pushing).
         """

@@ -3,6 +3,9 @@ The Safaricom Daraja side of the sandbox: OAuth client-credentials tokens and th
 
 Like :mod:`.sim_insight`, this is the other side of the wire: its MSISDN rule is Daraja's (12 digits
 ``254XXXXXXXXX``, nothing else accepted), written here on purpose instead of imported from the provider.
+Daraja's Authorization FAQ: "Can I generate multiple tokens? Yes, but each request invalidates the previous
+token": each app (consumer key) has one live token; a request with an older one gets HTTP 401 ``404.001.03``
+(the knob ``one_live_token``, on by default).
 
 A new endpoint is one handler function ``(state, request, entry) -> Reply`` registered in :data:`ROUTES`.
 """
@@ -102,7 +105,7 @@ def oauth(state: SandboxState, request: Request, entry: dict[str, Any]) -> Reply
         )
     if not ok:
         return Reply(400, b"", JSON_CT)  # what Daraja answers to bad credentials: 400, empty body
-    token, ttl = state.issue_token()
+    token, ttl = state.issue_token(key)  # Daraja: "each request invalidates the previous token" of the app
     return json_reply(200, {"access_token": token, "expires_in": ttl})
 
 

@@ -30,7 +30,16 @@ SANDBOX_CREDENTIALS: dict[str, str] = {
 
 FAULT_KINDS = ("503", "429", "502", "504", "drop", "drop_after", "slow", "malformed", "html", "empty")
 PLATFORMS = ("any", "m2m", "daraja")
-KNOBS = ("latency", "rate_limit", "token_ttl", "seed", "sms_delivery_delay", "now", *SANDBOX_CREDENTIALS)
+KNOBS = (
+    "latency",
+    "rate_limit",
+    "token_ttl",
+    "one_live_token",
+    "seed",
+    "sms_delivery_delay",
+    "now",
+    *SANDBOX_CREDENTIALS,
+)
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 #: The fields of one log entry (see :meth:`SandboxState.received`); a request fills those it knows.
@@ -78,6 +87,8 @@ class SandboxState:
     :param latency: seconds added to every platform request.
     :param rate_limit: platform requests per second (token bucket); 0 = unlimited.
     :param token_ttl: lifetime of a Daraja access token in seconds (served as ``expires_in``).
+    :param one_live_token: Daraja's rule (on by default, as on the real platform): issuing a token for a
+        consumer key invalidates that app's previous token ("each request invalidates the previous token").
     :param seed: seed of the fault RNG (faults with ``rate``).
     :param sms_delivery_delay: seconds after which a message to a SIM whose fate is ``delivered`` or
         ``failed`` (:meth:`Fleet.sms_fate`) leaves ``pending``.
@@ -92,6 +103,7 @@ class SandboxState:
         latency: float = 0.0,
         rate_limit: float = 0.0,
         token_ttl: float = 3599,
+        one_live_token: bool = True,
         seed: int = 0,
         sms_delivery_delay: float = 2.0,
         **credentials: str,
@@ -106,10 +118,12 @@ class SandboxState:
             "latency": latency,
             "rate_limit": rate_limit,
             "token_ttl": token_ttl,
+            "one_live_token": one_live_token,
             "seed": seed,
             "sms_delivery_delay": sms_delivery_delay,
         }
-        self.tokens: dict[str, float] = {}
+        self.tokens: dict[str, float] = {}  # live token -> its expiry (time.monotonic())
+        self.live_token: dict[str, str] = {}  # consumer key -> its app's last issued token
         self.issued: list[str] = []  # every access token ever issued (kept across reset/revoke), for leak checks
         self._apply_defaults()
         self.in_flight = 0
@@ -121,6 +135,7 @@ class SandboxState:
         d = self._defaults
         self.latency = float(d["latency"])
         self.token_ttl = float(d["token_ttl"])
+        self.one_live_token = bool(d["one_live_token"])
         self.seed = int(d["seed"])
         self.rng = random.Random(self.seed)
         self.sms_delivery_delay = float(d["sms_delivery_delay"])
@@ -150,6 +165,8 @@ class SandboxState:
                     self._set_rate(float(v))
                 elif k == "token_ttl":
                     self.token_ttl = float(v)
+                elif k == "one_live_token":
+                    self.one_live_token = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on")
                 elif k == "sms_delivery_delay":
                     self.sms_delivery_delay = max(0.0, float(v))
                 elif k == "seed":
@@ -233,6 +250,7 @@ class SandboxState:
         self.max_in_flight = self.in_flight
         self.generation += 1
         self.c_tokens = 0
+        self.c_tokens_per_app: collections.Counter[str] = collections.Counter()
         self.c_sms: collections.Counter[str] = collections.Counter()
         self.c_imei: collections.Counter[str] = collections.Counter()
         self.c_checks: collections.Counter[str] = collections.Counter()
@@ -256,6 +274,7 @@ class SandboxState:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "tokens_issued": self.c_tokens,
+                "tokens_issued_per_app": dict(self.c_tokens_per_app),
                 "sms_per_iccid": dict(self.c_sms),
                 "imei_queries_per_iccid": dict(self.c_imei),
                 "checks_per_msisdn": dict(self.c_checks),
@@ -355,13 +374,19 @@ class SandboxState:
             delay = max(0.0, (msg["settles"] - self.now()).total_seconds())
             pusher.push_receipt(msg, self.fleet.by_iccid[iccid].msisdn, delay)
 
-    def issue_token(self) -> tuple[str, str]:
+    def issue_token(self, consumer_key: str) -> tuple[str, str]:
+        """A new access token for the app ``consumer_key``; with ``one_live_token``, its previous one dies."""
         token = random_alnum(28)
         with self.lock:
             ttl = self.token_ttl
+            previous = self.live_token.get(consumer_key)
+            if self.one_live_token and previous is not None:
+                self.tokens.pop(previous, None)
+            self.live_token[consumer_key] = token
             self.tokens[token] = time.monotonic() + ttl
             self.issued.append(token)
             self.c_tokens += 1
+            self.c_tokens_per_app[consumer_key] += 1
         return token, str(int(ttl))
 
     def token_valid(self, token: str) -> bool:

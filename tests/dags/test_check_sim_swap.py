@@ -1,4 +1,4 @@
-"""CheckSimSwapOperator under dag.test(): the three on_recent_swap modes, templating, mapping, bad input."""
+"""CheckSimSwapOperator under dag.test(): the three on_recent_swap modes, the blocking default, templating, mapping."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     params={{"number": "+" + NO_SWAP, "days": "30", "mode": "fail"}},
 ) as dag:
-    keep = CheckSimSwapOperator(task_id="continue", msisdns=NUMBERS, within_days=30, max_workers=2)
+    keep = CheckSimSwapOperator(
+        task_id="continue", msisdns=NUMBERS, within_days=30, on_recent_swap="continue", max_workers="{{{{ 1 + 1 }}}}"
+    )
     CheckSimSwapOperator(task_id="skip", msisdns=NUMBERS, within_days=30, on_recent_swap="skip")
     CheckSimSwapOperator(task_id="fail", msisdns=NUMBERS, within_days=30, on_recent_swap="fail")
     CheckSimSwapOperator(task_id="quiet_fail", msisdns=[NO_SWAP, NOTE], within_days=30, on_recent_swap="fail")
@@ -37,7 +39,9 @@ with DAG(
     )
     CheckSimSwapOperator(task_id="bad_input", msisdns=[RECENT, "0202000000"])
     CheckSimSwapOperator(task_id="bad_window", msisdns=RECENT, within_days=91)
-    mapped = CheckSimSwapOperator.partial(task_id="mapped", within_days=30).expand(msisdns=[[RECENT], NO_SWAP])
+    mapped = CheckSimSwapOperator.partial(task_id="mapped", within_days=30, on_recent_swap="continue").expand(
+        msisdns=[[RECENT], NO_SWAP]
+    )
 
     @task
     def record(rows, mapped_rows, templated_rows):
@@ -217,3 +221,49 @@ def test_a_number_that_could_not_be_checked_blocks_the_payout(screened):
     # Refused credentials stay a failure without retries, naming the connection.
     assert tis["bad_secret"].try_number == 1
     assert "Connection 'daraja_wrong_secret': Daraja refused the consumer key/secret" in output
+
+
+# ---------------------------------------------------------------- blocks by default (issue 25, point 1)
+DEFAULT_SCREEN_DAG = """
+import pendulum
+from airflow.sdk import DAG, task
+from airflow_provider_m2m.operators.daraja import CheckSimSwapOperator
+
+with DAG("screen_by_default", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    screen = CheckSimSwapOperator(task_id="screen", msisdns=[{no_swap!r}, "0" + {recent!r}[3:]], within_days=30)
+
+    @task
+    def payout(rows):
+        open({out!r}, "w").write("paid")
+
+    payout(screen.output)
+"""
+
+
+def test_a_screen_written_without_on_recent_swap_stops_the_payout(sb, dags_folder, tmp_path, capsys):
+    """The user's DAG: a screen without on_recent_swap before a payout; one number was swapped yesterday."""
+    clear_token_cache()
+    cases = sb.fleet.swap_edge_cases
+    recent, out = cases["swapped_1_day_ago"], tmp_path / "paid"
+    source = DEFAULT_SCREEN_DAG.format(no_swap=cases["no_swap"], recent=recent, out=str(out))
+    dag_run = load_dag(dags_folder, source, "screen_by_default").test()
+    output = "".join(capsys.readouterr())
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    assert {task_id: ti.state for task_id, ti in tis.items()} == {"screen": "failed", "payout": "upstream_failed"}
+    assert not out.exists(), "the payout ran although a number was swapped yesterday"
+    assert tis["screen"].try_number == 1, "a blocked screen is final, not retried"
+
+    blocked = tis["screen"].xcom_pull(task_ids="screen", key="blocked_msisdns")
+    assert blocked == ["*******" + recent[-4:]], blocked  # which customer was stopped, masked as in the log
+    assert recent not in str(blocked) and recent[3:] not in str(blocked)
+    assert f"SIM swapped within the last 30 days: *******{recent[-4:]}" in output
+    assert recent not in output
+    clear_token_cache()
+
+
+def test_skip_pushes_the_blocking_numbers_too(screened):
+    """skip and fail push the numbers that blocked them (here: one Daraja could not check) before stopping."""
+    tis, unknown = screened["tis"], screened["unknown"]
+    for task_id in ("screen_fail", "screen_skip"):
+        assert tis[task_id].xcom_pull(task_ids=task_id, key="blocked_msisdns") == ["*******" + unknown[-4:]]
+    assert tis["screen_continue"].xcom_pull(task_ids="screen_continue", key="blocked_msisdns") is None

@@ -324,27 +324,48 @@ def swap_dag(sb, dags_folder):
     clear_token_cache()
 
 
-@pytest.mark.parametrize(("within_days", "expect_89"), [(30, False), (90, True)])
-def test_sim_swap_screening_window(sb, swap_dag, tmp_path, within_days, expect_89):
+def _xcom(dag_run, task_id: str, key: str = "return_value"):
+    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id)
+    return ti.xcom_pull(task_ids=task_id, key=key)
+
+
+def test_sim_swap_screening_both_patterns(sb, swap_dag, capsys):
+    """Default numbers (one swapped yesterday): the blocking screen stops the payout; per customer pays the rest."""
     cases = sb.fleet.swap_edge_cases
-    dr = swap_dag.test(run_conf={"within_days": within_days, "report_base_uri": tmp_path.as_uri()})
-    assert dr.state == "success", _states(dr)
-    rows = {row["msisdn"]: row for row in _rows(_one(tmp_path, "recent_swaps.csv"))}
-    # the default numbers come in 254..., 01..., +254... forms: the report has them normalised
-    assert cases["swapped_1_day_ago"] in rows
-    assert (cases["swapped_89_days_ago"] in rows) is expect_89
-    assert not {cases["no_swap"], cases["registration_note"]} & set(rows)
-    assert all(row["swapped_recently"] == "True" and not row["error"] for row in rows.values()), rows
-    assert len(rows) == 1 + expect_89
-
-
-def test_sim_swap_screening_fail_mode(sb, swap_dag, tmp_path):
-    conf = {"on_recent_swap": "fail", "report_base_uri": tmp_path.as_uri()}
-    dr = swap_dag.test(run_conf=conf)
+    dr = swap_dag.test()
     states = _states(dr)
-    assert dr.state == "failed", states
-    assert states[("check_sim_swap", -1)] == "failed"
-    assert list(tmp_path.rglob("recent_swaps.csv")) == []
+    assert states == {
+        ("screen", -1): "failed",
+        ("payout", -1): "upstream_failed",
+        ("screen_each", -1): "success",
+        ("not_swapped", -1): "success",
+        ("pay_each", -1): "success",
+    }
+    recent = cases["swapped_1_day_ago"]
+    assert _xcom(dr, "screen", "blocked_msisdns") == ["*******" + recent[-4:]]
+    paid = {cases["swapped_89_days_ago"], cases["no_swap"], cases["registration_note"]}
+    assert sorted(_xcom(dr, "pay_each")) == sorted(paid)
+    assert recent not in "".join(capsys.readouterr()), "numbers are masked in logs"
+
+
+def test_sim_swap_screening_window(sb, swap_dag):
+    """A 90-day window flags the number swapped 89 days ago as well; the payout stays blocked."""
+    cases = sb.fleet.swap_edge_cases
+    dr = swap_dag.test(run_conf={"within_days": 90})
+    assert _states(dr)[("payout", -1)] == "upstream_failed"
+    assert sorted(_xcom(dr, "screen", "blocked_msisdns")) == sorted(
+        "*******" + cases[name][-4:] for name in ("swapped_1_day_ago", "swapped_89_days_ago")
+    )
+    assert sorted(_xcom(dr, "pay_each")) == sorted([cases["no_swap"], cases["registration_note"]])
+
+
+def test_sim_swap_screening_pays_everyone_when_no_number_was_swapped(sb, swap_dag):
+    cases = sb.fleet.swap_edge_cases
+    numbers = ["0" + cases["no_swap"][3:], "+" + cases["registration_note"]]
+    dr = swap_dag.test(run_conf={"msisdns": numbers})
+    assert dr.state == "success", _states(dr)
+    assert sorted(_xcom(dr, "payout")) == sorted([cases["no_swap"], cases["registration_note"]])
+    assert _xcom(dr, "screen", "blocked_msisdns") is None
 
 
 # ------------------------------------------------------------------------------------------ make demo

@@ -23,7 +23,7 @@ with DAG("lineage_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1,
     QueryImeiOperator(task_id="query", iccids={iccids!r}, output_uri={uri!r})
     QueryImeiOperator(task_id="query_to_xcom", iccids={iccids!r})
     SendSmsOperator(task_id="send", iccids={iccids!r}, message_text="Maintenance tonight")
-    CheckSimSwapOperator(task_id="swap", msisdns={msisdns!r})
+    CheckSimSwapOperator(task_id="swap", msisdns={msisdns!r}, on_recent_swap="continue")
 """
 
 # dag.test() in a fresh interpreter: the OpenLineage listener reads its settings once per process, and the

@@ -13,7 +13,7 @@ from airflow_provider_m2m.operators.m2m import QueryImeiOperator
 with DAG("list_params", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
          params={{"iccids": Param({iccids!r}, type="array"), "msisdns": Param({msisdns!r}, type="array")}}):
     QueryImeiOperator(task_id="query", iccids="{{{{ params.iccids }}}}")
-    CheckSimSwapOperator(task_id="screen", msisdns="{{{{ params.msisdns }}}}")
+    CheckSimSwapOperator(task_id="screen", msisdns="{{{{ params.msisdns }}}}", on_recent_swap="continue")
     QueryImeiOperator(task_id="not_a_list", iccids="{{{{ params.iccids[0] }}}},{{{{ params.iccids[1] }}}}", retries=2)
 """
 

@@ -13,7 +13,8 @@ Every part is the real one, on 127.0.0.1, on a free port, in one throwaway direc
 * **The platform**: the bundled sandbox in its own process (``RemoteSandbox``).
 * **Airflow** with CeleryExecutor: ``airflow db migrate``, then api-server, scheduler, dag-processor, triggerer and
   two ``airflow celery worker`` processes with distinct hostnames, each in its own process group (launched by the
-  browser tests' ``AirflowServer``, tests/ui/ui_airflow.py), the package's example DAGs, the ``m2m_platform`` pool.
+  browser tests' ``AirflowServer``, tests/ui/ui_airflow.py), the package's example DAGs plus the stack's own
+  ``tests/prod/dags/`` (a second DAG bundle), the ``m2m_platform`` pool.
 
 A part that cannot start raises :class:`PartFailed` with the tail of that part's log; what did start is stopped.
 Run it by hand to look at the same stack the tests see (Ctrl-C stops everything)::
@@ -52,6 +53,7 @@ WORKERS = ("worker-1", "worker-2")
 WORKER_CONCURRENCY = 4
 #: A task whose worker died is failed (and retried) after this many seconds without a heartbeat (default 300).
 HEARTBEAT_TIMEOUT_S = 30
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 AWS_KEYS = {"login": "testing", "password": "testing"}  # moto accepts any keys; these are not secrets
 
 
@@ -390,7 +392,15 @@ class ProdStack(Started):
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW_CONN_M2M_DEFAULT": json.dumps(m2m),
+            "AIRFLOW_CONN_DARAJA_DEFAULT": self.sandbox.conn_env(timeout=30)["AIRFLOW_CONN_DARAJA_DEFAULT"],
             "AIRFLOW_CONN_AWS_DEFAULT": self.s3.connection(),
+            # The example DAGs (the dags folder) and DAGs that only the stack's tests run, as a second bundle.
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
+                [
+                    {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
+                    {"name": "prod-test-dags", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(HERE / "dags")}},
+                ]
+            ),
         }
 
     def _airflow_tails(self) -> str:

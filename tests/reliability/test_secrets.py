@@ -24,7 +24,7 @@ from airflow_provider_m2m.operators.daraja import CheckSimSwapOperator
 from airflow_provider_m2m.operators.m2m import QueryImeiOperator, SendSmsOperator
 
 with DAG("secrets_run", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), catchup=False):
-    CheckSimSwapOperator(task_id="swap", msisdns={msisdns!r})
+    CheckSimSwapOperator(task_id="swap", msisdns={msisdns!r}, on_recent_swap="continue")
     QueryImeiOperator(task_id="imei", iccids={iccids!r})
     SendSmsOperator(task_id="sms", iccids={iccids!r}, message_text="pw check {{{{ ds }}}}")
     QueryImeiOperator(task_id="imei_bad_password", iccids={iccids!r}, m2m_conn_id="m2m_wrong")

@@ -304,6 +304,8 @@ def test_daraja_token_and_check(sb, http):
         sb.url + "/oauth/v1/generate?grant_type=client_credentials", auth=(C["daraja_key"], C["daraja_secret"])
     )
     assert r.json()["expires_in"] == "3599"
+    assert check(http, sb, sb.fleet.sims[0].msisdn, tok).status_code == 401, "the app's new token killed the old"
+    tok = r.json()["access_token"]
     for name, msisdn in sb.fleet.swap_edge_cases.items():
         r = check(http, sb, msisdn, tok)
         assert r.status_code == 200, name
@@ -324,7 +326,35 @@ def test_daraja_token_and_check(sb, http):
     assert r.status_code == 401 and r.json()["errorMessage"] == "Invalid Access Token"
     st = sb.stats()
     assert st["tokens_issued"] == 2 and st["checks_per_msisdn"][sb.fleet.sims[0].msisdn] == 1
-    assert st["by_command"]["checkATI"] == 8 and st["by_command"]["oauth"] == 4
+    assert st["by_command"]["checkATI"] == 9 and st["by_command"]["oauth"] == 4
+    assert st["tokens_issued_per_app"] == {C["daraja_key"]: 2}
+
+
+def test_daraja_one_live_token_per_app(sb, http):
+    """Daraja's FAQ: "each request invalidates the previous token" of the app; on by default, a knob turns it off."""
+    number = sb.fleet.sims[0].msisdn
+    first, second = token(http, sb), token(http, sb)
+    r = check(http, sb, number, first)
+    assert r.status_code == 401 and r.json()["errorCode"] == "404.001.03"
+    assert check(http, sb, number, second).status_code == 200
+    assert sb.stats()["tokens_issued_per_app"] == {C["daraja_key"]: 2}
+    # Another app (consumer key) has its own live token: issuing one does not touch the first app's.
+    sb.configure(daraja_key="another-app-key")
+    try:
+        r = http.get(
+            sb.url + "/oauth/v1/generate?grant_type=client_credentials", auth=("another-app-key", C["daraja_secret"])
+        )
+        assert r.status_code == 200 and check(http, sb, number, r.json()["access_token"]).status_code == 200
+        assert check(http, sb, number, second).status_code == 200
+        assert sb.stats()["tokens_issued_per_app"] == {C["daraja_key"]: 2, "another-app-key": 1}
+    finally:
+        sb.configure(daraja_key=C["daraja_key"])
+    sb.configure(one_live_token=False)  # what the sandbox did before: every token lives its full life
+    third, fourth = token(http, sb), token(http, sb)
+    assert [check(http, sb, number, t).status_code for t in (third, fourth)] == [200, 200]
+    sb.reset()
+    assert check(http, sb, number, token(http, sb)).status_code == 200
+    assert check(http, sb, number, fourth).status_code == 401, "reset restores the rule"
 
 
 def test_daraja_token_expiry(sb, http):

@@ -162,13 +162,7 @@ SMS_PARAM_TITLES = [
     "SIMs per batch",
     "Report folder",
 ]
-SCREENING_PARAM_TITLES = [
-    "Phone numbers",
-    "Numbers file (optional)",
-    "Window (days)",
-    "When a number was swapped recently",
-    "Report folder",
-]
+SCREENING_PARAM_TITLES = ["Phone numbers", "Window (days)"]
 
 
 def _run_ids(airflow_server) -> set[str]:
@@ -295,7 +289,7 @@ def test_non_gsm_message_fails_before_sending(page, airflow_server, sandbox, scr
 def test_sim_swap_screening_trigger_form(page, screenshots):
     dialog = _open_trigger_form(page, "sim_swap_screening", SCREENING_PARAM_TITLES)
     expect(dialog.locator("#element_msisdns")).to_have_value(re.compile(r"^254\d{9}\n"))
-    expect(dialog.get_by_text("Continue: write the report")).to_be_visible()  # on_recent_swap's default, as shown
+    expect(dialog.locator("#element_within_days")).to_have_value("30")
     page.screenshot(path=screenshots / "08-sim-swap-screening-trigger-form.png")
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
