@@ -40,7 +40,6 @@ exclude_patterns = [
 # and warnings are errors) while an entry names something that is already there.
 pending_merge = [
     "example_dags/fleet_audit_notify.py",
-    "howto_screen_per_customer",
     "airflow_provider_m2m.fleet_audit.FleetImeiAudit",
     "airflow_provider_m2m.sms.SmsRun",
 ]
