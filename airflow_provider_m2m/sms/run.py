@@ -119,7 +119,7 @@ class SmsRun(TaskGroup):
                 retries=2,
                 retry_delay=dt.timedelta(seconds=30),
                 **({"pool": pool} if pool else {}),
-            ).expand_kwargs(part.override(task_id="batches_to_send")(plan, "send"))
+            ).expand_kwargs(send_arguments(plan))
             # Mapped over one set of arguments (none on a dry run) so the wait's timeout can be templated.
             # Deferrable: the triggerer polls; a wait that ends with messages pending is skipped, not failed.
             wait = SmsDeliverySensor.partial(
@@ -131,7 +131,7 @@ class SmsRun(TaskGroup):
                 max_wait=300,
                 soft_fail=True,
                 trigger_rule="all_done",  # the batches that went out are waited for, also when one failed
-            ).expand_kwargs(part.override(task_id="delivery_wait")(plan, "wait"))
+            ).expand_kwargs(wait_arguments(plan))
             report = write_report(plan=plan)
             send >> wait >> report
         #: XComArg: ``{"report_csv", "sims", "outcomes": {outcome: count}, "delivery": {state: count}}``.
@@ -179,7 +179,7 @@ def validate_and_plan(
 ) -> dict[str, Any]:
     """Validate every SIM and the message before anything is sent; write the batch files."""
     from airflow_provider_m2m.protocol import iccid, sms
-    from airflow_provider_m2m.sms.report import batch_uris, fleet_iccids, run_folder, write_batches
+    from airflow_provider_m2m.sms.report import fleet_iccids, run_folder, write_batches
     from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
     try:
@@ -199,25 +199,30 @@ def validate_and_plan(
         raise AirflowFailException(f"Nothing sent: {exc}") from None
     folder = run_folder(base, ti.dag_id, ti.run_id, group_id)
     sizes = write_batches(folder, numbers, size)
-    batches = [batch_uris(folder, n) for n in range(len(sizes))]
     mode = "DRY RUN: nothing will be sent" if dry else "sending"
     print(f"{len(numbers)} SIMs in {len(sizes)} batches under {folder}; {mode}")
-    wait_args = {"messages_uri": [b["output_uri"] for b in batches], "output_uri": f"{folder}/deliveries.csv"}
-    return {
-        "folder": folder,
-        "sims": len(numbers),
-        "batches": len(sizes),
-        "dry_run": dry,
-        # What the send and wait tasks are mapped over (none on a dry run: they are skipped).
-        "send": [] if dry else batches,
-        "wait": [] if dry else [{**wait_args, "timeout": wait}],
-    }
+    return {"folder": folder, "sims": len(numbers), "batches": len(sizes), "dry_run": dry, "wait": wait}
 
 
-@task
-def part(plan: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    """One list of the plan, to map a task over (Airflow maps over a task's return value only)."""
-    return plan[key]
+# Airflow maps a task over another task's return value only: these two turn the plan into the lists the send
+# and wait tasks are mapped over, empty on a dry run (the mapped task is then skipped).
+@task(task_id="batches_to_send")
+def send_arguments(plan: dict[str, Any]) -> list[dict[str, str]]:
+    """The send tasks' arguments: each batch's input and outcome files."""
+    from airflow_provider_m2m.sms.report import batch_uris
+
+    return [] if plan["dry_run"] else [batch_uris(plan["folder"], n) for n in range(plan["batches"])]
+
+
+@task(task_id="delivery_wait")
+def wait_arguments(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The delivery wait's arguments: the batches' outcome files, its own file, its timeout."""
+    from airflow_provider_m2m.sms.report import batch_uris
+
+    if plan["dry_run"]:
+        return []
+    sent = [batch_uris(plan["folder"], n)["output_uri"] for n in range(plan["batches"])]
+    return [{"messages_uri": sent, "output_uri": f"{plan['folder']}/deliveries.csv", "timeout": plan["wait"]}]
 
 
 @task(trigger_rule="all_done")
