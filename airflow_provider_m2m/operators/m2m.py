@@ -15,6 +15,7 @@ from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_ic
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.sms.ledger import SmsLedger
+from airflow_provider_m2m.sms.report import OUTCOME_COLUMNS
 from airflow_provider_m2m.sms.sending import Message, send_once_each
 from airflow_provider_m2m.utils.files import write_csv
 from airflow_provider_m2m.utils.progress import Progress
@@ -361,8 +362,6 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
         """The rows for XCom; with ``output_uri``, written there instead, and their counts for XCom."""
         if not self.output_uri:
             return rows
-        from airflow_provider_m2m.sms.report import OUTCOME_COLUMNS
-
         write_csv(self.output_uri, OUTCOME_COLUMNS, rows)
         counts = {"success": 0, "failed": 0, "unknown": 0}
         for row in rows:
