@@ -147,6 +147,8 @@ def _flag(value: object, field: str) -> bool:
 
 
 def _seconds(value: object) -> float:
+    if isinstance(value, dt.timedelta):  # e.g. from an XComArg
+        value = value.total_seconds()
     if isinstance(value, str):
         try:
             value = float(value)
