@@ -11,6 +11,7 @@ always runs in another process, so the client's CPU time and peak RSS are the cl
     python benchmarks/figures.py ratelimit --sims 3000 --platform-rate 200 --client-rate 195 --workers 32
     python benchmarks/figures.py sms --sims 10000 --latency 0.05 --workers 16 --platform-rate 0
     python benchmarks/figures.py delivery --sims 10000 --platform-rate 200 --client-rate 195 --delay 2 --workers 16
+    python benchmarks/figures.py sms_run --sims 100000 --latency 0 --workers 16 --wait 10 --poke-interval 2
 """
 
 from __future__ import annotations
@@ -471,9 +472,86 @@ def delivery(args: argparse.Namespace) -> dict:
     }
 
 
+_SMS_RUN_DAG = """
+import datetime as dt
+from airflow.sdk import DAG
+from airflow_provider_m2m.sms import SmsRun
+
+with DAG("bench_sms_run", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)):
+    SmsRun(group_id="notify", fleet_uri={fleet!r}, message_text="Service window tonight", report_base_uri={base!r},
+           delivery_wait=dt.timedelta(seconds={wait}), batch_size={batch_size}, max_workers={workers},
+           poke_interval={poke_interval})
+"""
+
+
+def sms_run(args: argparse.Namespace) -> dict:
+    """
+    A whole SmsRun (plan, mapped sends, deferred delivery wait, report) of ``--sims`` SIMs under ``dag.test()``:
+    the run's XCom bytes (every task, from the xcom table), each SIM's messages (the sandbox's counts), the report.
+    """
+    if (result := _in_airflow_home(args)) is not None:
+        return result
+    import csv
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils import db
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    db.initdb()
+    home = Path(os.environ["AIRFLOW_HOME"])
+    with Sandbox.spawn(fleet=args.sims, latency=args.latency, sms_delivery_delay=0) as sb:
+        os.environ.update(_conn_env(sb))
+        iccids = sb.fleet.iccids
+        fleet = home / "fleet.csv"
+        fleet.write_text("iccid\n" + "\n".join(iccids) + "\n")
+        target = home / "dags" / "bench_sms_run.py"
+        target.write_text(
+            _SMS_RUN_DAG.format(
+                fleet=fleet.as_uri(), base=(home / "reports").as_uri(), wait=args.wait, batch_size=args.batch_size,
+                workers=args.workers, poke_interval=args.poke_interval,
+            )
+        )  # fmt: skip
+        dag = DagBag(dag_folder=str(target)).get_dag("bench_sms_run")
+        t0 = time.perf_counter()
+        run = dag.test()
+        wall = time.perf_counter() - t0
+        stats = sb.stats()
+    with create_session() as session:
+        per_task = dict(
+            session.execute(
+                select(XComModel.task_id, func.sum(func.length(XComModel.value)))
+                .where(XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id)
+                .group_by(XComModel.task_id)
+            ).all()
+        )
+    (report,) = (home / "reports").rglob("outcomes.csv")
+    with report.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    per_sim = stats["sms_per_iccid"]
+    return {
+        "sims": args.sims,
+        "batches": -(-args.sims // args.batch_size),
+        "state": str(run.state),
+        "wall_s": round(wall, 1),
+        "xcom_bytes": sum(per_task.values()),
+        "xcom_by_task": per_task,
+        "report_bytes": report.stat().st_size,
+        "report_rows": len(rows),
+        "report_sims_once": sorted(r["iccid"] for r in rows) == sorted(iccids),
+        "outcomes": dict(Counter(r["outcome"] for r in rows)),
+        "sent": sum(per_sim.values()),
+        "lost": sum(1 for i in iccids if i not in per_sim),
+        "duplicated": sum(1 for n in per_sim.values() if n > 1),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("figure", choices=["batch", "sequential", "executor", "rss", "ratelimit", "sms", "delivery"])
+    p.add_argument(
+        "figure", choices=["batch", "sequential", "executor", "rss", "ratelimit", "sms", "delivery", "sms_run"]
+    )
     p.add_argument("--sims", type=int, default=10_000)
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--workers", type=int, default=32)
@@ -486,6 +564,8 @@ def main() -> None:
     p.add_argument("--client-rate", type=float, default=195)
     p.add_argument("--delay", type=float, default=2.0, help="sandbox SMS delivery delay (s)")
     p.add_argument("--poke-interval", type=float, default=10.0)
+    p.add_argument("--wait", type=float, default=10.0, help="SmsRun's delivery wait (s)")
+    p.add_argument("--batch-size", type=int, default=1000, help="SmsRun's SIMs per batch")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -29,6 +29,11 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
     LocalExecutor, SQLite), 20,000 SIMs, platform limit 200/s, pool of 4, automatic batch size, each task paced
     at 50/s: the platform floor 20,000 / 200 s against the wall time from trigger to report.
 
+12. A whole SmsRun (``dag.test()``: plan, mapped sends, deferred delivery wait, report) to 10,000 and to 100,000
+    SIMs (batches of 1,000, sandbox latency 0, a 10 s delivery wait): the run's XCom bytes, every task, read from
+    the xcom table, per batch at 100,000 against per batch at 10,000 (flat: O(batches), not O(SIMs)), beside the
+    report's size (what the rows weigh); and each SIM got exactly one message (the sandbox counts them).
+
     python benchmarks/run_all.py --only 9,10     # a subset of the figures
 """
 
@@ -357,6 +362,32 @@ def main() -> None:
                 ">= 0.9",
                 f["ratio"],
                 f["ratio"] >= 0.9 and clean,
+            )
+        )
+
+    # 12. a whole SmsRun: XCom per batch at 10x the SIMs, and one message per SIM
+    if wanted(12):
+        runs = raw["sms_run"] = [
+            measure(
+                "sms_run", "--sims", n, "--latency", 0, "--workers", 16, "--wait", 10, "--poke-interval", 2,
+                "--batch-size", 1000, "--timeout", 3000,
+            )
+            for n in ((2_000, 10_000) if q else (10_000, 100_000))
+        ]  # fmt: skip
+        small, big = runs
+        per_batch = [r["xcom_bytes"] / r["batches"] for r in runs]
+        clean = all(r["lost"] == r["duplicated"] == 0 and r["report_sims_once"] for r in runs)
+        figures.append(
+            line(
+                f"12 SmsRun XCom per batch, {small['sims']} -> {big['sims']} SIMs: big/small",
+                f"{big['xcom_bytes']} B in {big['batches']} batches vs {small['xcom_bytes']} B in {small['batches']} "
+                f"({per_batch[1]:.0f} vs {per_batch[0]:.0f} B a batch; the reports weigh {big['report_bytes']} / "
+                f"{small['report_bytes']} B); sent {big['sent']} / {small['sent']}, lost "
+                f"{big['lost'] + small['lost']}, duplicated {big['duplicated'] + small['duplicated']}; "
+                f"runs {big['wall_s']:.0f} / {small['wall_s']:.0f} s",
+                "<= 1.2, 0 lost/dup",
+                per_batch[1] / per_batch[0],
+                per_batch[1] / per_batch[0] <= 1.2 and clean,
             )
         )
 

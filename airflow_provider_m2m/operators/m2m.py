@@ -15,6 +15,7 @@ from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_ic
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.sms.ledger import SmsLedger
+from airflow_provider_m2m.sms.report import OUTCOME_COLUMNS
 from airflow_provider_m2m.sms.sending import Message, send_once_each
 from airflow_provider_m2m.utils.files import write_csv
 from airflow_provider_m2m.utils.progress import Progress
@@ -215,7 +216,7 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     Airflow's retries settle them without duplicates; without retries (:class:`AirflowFailException`) when
     the only failures are SIMs the platform refused (e.g. ``invalid iccid``): resending cannot help.
 
-    :param iccids: one ICCID or a list. Templated.
+    :param iccids: one ICCID or a list (or give ``iccids_uri``). Templated.
     :param message_text: GSM 7-bit text (at most 160 septets; ^ { } \\ [ ~ ] | € count two), or base64 for
         ``binary`` (at most 120 bytes). Templated.
     :param data_coding: ``default`` or ``binary``. Templated.
@@ -223,10 +224,17 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     :param sms_uid: the message's uid (1-12 ASCII letters/digits); only allowed with a single SIM. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
     :param max_workers: sends in flight at once (default 16, as for the queries). Templated.
+    :param iccids_uri: instead of ``iccids``: an ObjectStoragePath URI of a CSV file with an ``iccid`` column
+        (one batch, checked whole before anything is sent), so the ICCIDs never pass through XCom. Templated.
+    :param output_uri: an ObjectStoragePath URI: the rows go there as CSV (``iccid,sms_uid,outcome,error``,
+        also when the task then fails) and XCom gets counts only, ``{uri, total, success, failed, unknown}``.
+        Templated.
     """
 
     template_fields: Sequence[str] = (
         "iccids",
+        "iccids_uri",
+        "output_uri",
         "message_text",
         "data_coding",
         "origin",
@@ -240,17 +248,21 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     def __init__(
         self,
         *,
-        iccids: str | list[str],
+        iccids: str | list[str] | None = None,
         message_text: str,
         data_coding: str = "default",
         origin: str | None = None,
         sms_uid: str | None = None,
         m2m_conn_id: str = M2mHook.default_conn_name,
         max_workers: int | None = None,
+        iccids_uri: str | None = None,
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.iccids = iccids
+        self.iccids_uri = iccids_uri
+        self.output_uri = output_uri
         self.message_text = message_text
         self.data_coding = data_coding
         self.origin = origin
@@ -276,9 +288,12 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
         rendered = super().render_template(content.replace("\r", _CR), context, jinja_env, seen_oids)
         return rendered.replace(_CR, "\r") if isinstance(rendered, str) else rendered
 
-    def execute(self, context: Context) -> list[dict[str, Any]]:
+    def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
-            listed = iccid_rules.validate_many(self.iccids, allow_empty=True)  # empty: e.g. no SIM moved today
+            if self.iccids_uri not in (None, ""):
+                listed = as_iccid_source(self.iccids, self.iccids_uri)  # exactly one of the two
+            else:  # empty: e.g. no SIM moved today
+                listed = iccid_rules.validate_many(self.iccids, allow_empty=True)
             numbers = list(dict.fromkeys(listed))  # one message per SIM
             coding = sms.validate_data_coding(self.data_coding)
             text = sms.validate_message(self.message_text, coding)
@@ -291,7 +306,7 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
             workers = as_workers(self.max_workers)
             if not numbers:
                 self.log.info("No SIMs to send to: nothing sent")
-                return []
+                return self._outcomes([])
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
         if len(listed) > len(numbers):
             self.log.info(
@@ -324,9 +339,11 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
             )
         rows = sent.rows
         bad = [row for row in rows if row["outcome"] != "success"]
+        kept = self._outcomes(rows)
         if not bad:
-            return rows
-        ti.xcom_push(key="outcomes", value=rows)
+            return kept
+        if not self.output_uri:
+            ti.xcom_push(key="outcomes", value=rows)
         listed_bad = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
         retried = [row for row in bad if row["iccid"] not in sent.refused]
@@ -340,6 +357,16 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
             f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed_bad}{more}. A retry resends only to "
             f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
         )
+
+    def _outcomes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
+        """The rows for XCom; with ``output_uri``, written there instead, and their counts for XCom."""
+        if not self.output_uri:
+            return rows
+        write_csv(self.output_uri, OUTCOME_COLUMNS, rows)
+        counts = {"success": 0, "failed": 0, "unknown": 0}
+        for row in rows:
+            counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+        return {"uri": self.output_uri, "total": len(rows), **counts}
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the messages go out to the platform's ``send_sms``."""

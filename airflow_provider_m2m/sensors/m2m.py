@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators.arguments import as_int
 from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
+from airflow_provider_m2m.protocol.values import read_literal
 from airflow_provider_m2m.sms.delivery import (
     POLL_RETRY_POLICY,
     DeliveryWatch,
@@ -21,6 +24,7 @@ from airflow_provider_m2m.sms.delivery import (
     poll_round,
     requests_per_poke,
 )
+from airflow_provider_m2m.sms.report import watched_messages, write_deliveries
 from airflow_provider_m2m.triggers.m2m import SmsDeliveryTrigger
 from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
 from airflow_provider_m2m.utils.version_compat import (
@@ -71,6 +75,13 @@ class SmsDeliverySensor(BaseSensorOperator):
     :param messages: what to watch: SendSmsOperator's output (also mapped: a list of lists; rows whose
         ``outcome`` is neither ``success`` nor ``unknown`` are left out, nothing was sent), ``{iccid,
         sms_uid}`` rows or ``[iccid, sms_uid]`` pairs. Templated.
+    :param messages_uri: instead of ``messages``: the URI of a CSV file of SendSmsOperator rows (its
+        ``output_uri``), or a list of them (a missing file has no messages), so no message passes through XCom.
+        Templated.
+    :param output_uri: where the rows go (CSV: ``iccid,sms_uid,state,status,sent_at,delivered_at,error``),
+        also when the wait times out; XCom then gets ``{uri, messages, delivery: {state: count}}``. Deferred,
+        the trigger reads ``messages_uri`` and writes ``output_uri`` itself, so neither its arguments nor its
+        event grow with the run. Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
     :param max_requests_per_poke: SIM queries per poke (1-1000000; default: ``max_requests_per_second`` x
         ``poke_interval``, or 100 without a rate on the connection).
@@ -81,14 +92,16 @@ class SmsDeliverySensor(BaseSensorOperator):
     :param poke_interval: seconds between pokes (default 60).
     """
 
-    template_fields: Sequence[str] = ("messages", "m2m_conn_id")
+    template_fields: Sequence[str] = ("messages", "messages_uri", "output_uri", "m2m_conn_id")
     template_fields_renderers = {"messages": "json"}
     ui_color = "#e8f0d8"
 
     def __init__(
         self,
         *,
-        messages: Any,
+        messages: Any = None,
+        messages_uri: str | list[str] | None = None,
+        output_uri: str | None = None,
         m2m_conn_id: str = M2mHook.default_conn_name,
         max_requests_per_poke: int | None = None,
         max_workers: int = 8,
@@ -99,6 +112,8 @@ class SmsDeliverySensor(BaseSensorOperator):
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
         self.messages = messages
+        self.messages_uri = messages_uri
+        self.output_uri = output_uri
         self.m2m_conn_id = m2m_conn_id
         self.max_requests_per_poke = max_requests_per_poke
         self.max_workers = max_workers
@@ -113,7 +128,8 @@ class SmsDeliverySensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         with bad_input_fails_task():
-            pairs, skipped = messages_to_watch(self.messages)
+            uris = self._messages_uris()
+            pairs, skipped = messages_to_watch(watched_messages(uris) if uris else self.messages)
             asked_for = self.max_requests_per_poke
             if asked_for is not None:
                 asked_for = as_int(asked_for, "max_requests_per_poke", 1, 1_000_000)
@@ -133,7 +149,7 @@ class SmsDeliverySensor(BaseSensorOperator):
         self._watch = DeliveryWatch(pairs, known if isinstance(known, list) else None)
         if not self._watch.deliveries:
             self.log.info("No message to wait for")
-            return []
+            return self._result([])
         self.log.info(
             "Waiting for %d messages to %d SIMs, asking about at most %d SIMs every %.1fs",
             len(pairs),
@@ -148,20 +164,23 @@ class SmsDeliverySensor(BaseSensorOperator):
                 self._keep_report(context, self._watch.report())
                 raise
         poke_started = time.monotonic()
-        if self.poke(context):  # settled already: no need to defer
+        # With files, the trigger starts afresh from them: what a poke here learnt would go into its kwargs.
+        if not uris and self.poke(context):  # settled already: no need to defer
             return self._watch.report()
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.timeout)
         self.defer(
             trigger=SmsDeliveryTrigger(
-                messages=[list(pair) for pair in pairs],
+                messages=[] if uris else [list(pair) for pair in pairs],
+                messages_uri=uris,
+                output_uri=self.output_uri,
                 deadline=deadline.isoformat(),
                 m2m_conn_id=self.m2m_conn_id,
                 poke_interval=self.poke_interval,
                 max_requests_per_poke=self.max_requests_per_poke,
                 max_workers=self.max_workers,
                 lastx=self.lastx,
-                known=self._watch.known(),
-                wait_first=max(0.0, self.poke_interval - (time.monotonic() - poke_started)),
+                known=[] if uris else self._watch.known(),
+                wait_first=False if uris else max(0.0, self.poke_interval - (time.monotonic() - poke_started)),
                 exponential_backoff=self.exponential_backoff,
                 max_wait=self.max_wait.total_seconds() if self.max_wait else None,
             ),
@@ -189,24 +208,57 @@ class SmsDeliverySensor(BaseSensorOperator):
         if store is not None and self.reschedule:
             store.set(STATE_KEY, watch.known())
         if watch.settled:
-            return PokeReturnValue(is_done=True, xcom_value=watch.report())
+            return PokeReturnValue(is_done=True, xcom_value=self._result(watch.report()))
         return False
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Resume after the trigger: return the report, or keep it and fail (skip) on timeout or error."""
-        rows = event.get("deliveries", [])
-        watch = DeliveryWatch([(r["iccid"], r["sms_uid"]) for r in rows], rows)
-        self.log.info("%s", watch.summary())
+        if "output_uri" in event:  # the trigger wrote the rows: XCom gets the counts
+            kept: Any = self._summary(event["output_uri"], event.get("counts", {}))
+            self.log.info("SMS delivery: %s; rows in %s", kept["delivery"] or "nothing watched", kept["uri"])
+            unsettled = {s: n for s, n in kept["delivery"].items() if s not in FINAL_STATES}
+            if event.get("status") != "success" and unsettled:
+                self.log.warning("Messages not delivered or failed yet: %s", unsettled)
+        else:
+            kept = event.get("deliveries", [])
+            watch = DeliveryWatch([(r["iccid"], r["sms_uid"]) for r in kept], kept)
+            self.log.info("%s", watch.summary())
+            if event.get("status") != "success":
+                self._log_unsettled(kept)
         if event.get("status") == "success":
-            return rows
-        self._keep_report(context, rows)
+            return kept
+        context["ti"].xcom_push(key="return_value", value=kept)
         if event.get("status") == "timeout":
             raise AirflowSensorTimeout(f"Not every SMS was delivered or failed: {event.get('message')}")
         raise AirflowFailException(f"Waiting for SMS delivery failed: {event.get('message')}")
 
+    def _messages_uris(self) -> list[str] | None:
+        """``messages_uri`` as a list (a template may render a list as text), or None; not both it and messages."""
+        uris = self.messages_uri
+        if uris in (None, "", []):
+            return None
+        if self.messages not in (None, "", []):
+            raise InvalidRequestError("messages / messages_uri", "give one of the two, not both")
+        if isinstance(uris, str) and uris.lstrip().startswith("["):
+            uris = read_literal(uris)
+        return [uris] if isinstance(uris, str) else [str(uri) for uri in uris]
+
+    def _summary(self, uri: str, counts: dict[str, int]) -> dict[str, Any]:
+        return {"uri": uri, "messages": sum(counts.values()), "delivery": dict(counts)}
+
+    def _result(self, rows: list[dict[str, Any]]) -> Any:
+        """The rows for XCom; with ``output_uri``, written there, and their counts for XCom."""
+        if not self.output_uri:
+            return rows
+        write_deliveries(self.output_uri, rows)
+        return self._summary(self.output_uri, dict(Counter(row["state"] for row in rows)))
+
     def _keep_report(self, context: Context, rows: list[dict[str, Any]]) -> None:
+        self._log_unsettled(rows)
+        context["ti"].xcom_push(key="return_value", value=self._result(rows))
+
+    def _log_unsettled(self, rows: list[dict[str, Any]]) -> None:
         unsettled = [r for r in rows if r["state"] not in FINAL_STATES]
         shown = "; ".join(f"{r['iccid']} {r['sms_uid']}: {r['state']}" for r in unsettled[:20])
         more = f" and {len(unsettled) - 20} more" if len(unsettled) > 20 else ""
         self.log.warning("%d of %d messages not delivered or failed yet: %s%s", len(unsettled), len(rows), shown, more)
-        context["ti"].xcom_push(key="return_value", value=rows)

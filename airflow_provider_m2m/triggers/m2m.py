@@ -12,7 +12,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_m2m.exceptions import AuthenticationError, InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
-from airflow_provider_m2m.sms.delivery import POLL_RETRY_POLICY, DeliveryWatch, poll_round, requests_per_poke
+from airflow_provider_m2m.sms.delivery import (
+    POLL_RETRY_POLICY,
+    DeliveryWatch,
+    messages_to_watch,
+    poll_round,
+    requests_per_poke,
+)
 
 #: The shortest pause between two rounds, whatever poke_interval says: never a busy loop against the platform.
 MIN_INTERVAL = 0.1
@@ -31,9 +37,14 @@ class SmsDeliveryTrigger(BaseTrigger):
     triggerer restart that runs this again from its kwargs is harmless.
 
     Fires one event: ``{"status": "success" | "timeout" | "error", "deliveries": [...], "message": str}``
-    where ``deliveries`` are :meth:`DeliveryWatch.report` rows.
+    where ``deliveries`` are :meth:`DeliveryWatch.report` rows. With ``output_uri`` the rows are written there
+    instead and the event carries ``output_uri`` and ``counts`` (messages per state): neither the trigger's
+    kwargs nor its event then grow with the number of messages.
 
     :param messages: ``[iccid, sms_uid]`` pairs.
+    :param messages_uri: instead of ``messages``: URIs of CSV files of SendSmsOperator rows (``iccid``,
+        ``sms_uid``, ``outcome``), read when the trigger starts (again after a triggerer restart).
+    :param output_uri: where the report rows go (CSV), instead of the event.
     :param deadline: ISO 8601 moment (with a timezone) when waiting ends.
     :param m2m_conn_id: the SIM Insight connection.
     :param poke_interval: seconds between rounds.
@@ -50,7 +61,7 @@ class SmsDeliveryTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        messages: list[list[str]],
+        messages: list[list[str]] | None = None,
         deadline: str,
         m2m_conn_id: str = M2mHook.default_conn_name,
         poke_interval: float = 60.0,
@@ -61,9 +72,13 @@ class SmsDeliveryTrigger(BaseTrigger):
         wait_first: bool | float = False,
         exponential_backoff: bool = False,
         max_wait: float | None = None,
+        messages_uri: list[str] | None = None,
+        output_uri: str | None = None,
     ) -> None:
         super().__init__()
-        self.messages = [list(pair) for pair in messages]
+        self.messages = [list(pair) for pair in messages or []]
+        self.messages_uri = list(messages_uri) if messages_uri else None
+        self.output_uri = output_uri
         self.deadline = deadline
         self.m2m_conn_id = m2m_conn_id
         self.poke_interval = float(poke_interval)
@@ -91,6 +106,8 @@ class SmsDeliveryTrigger(BaseTrigger):
                 "wait_first": self.wait_first,
                 "exponential_backoff": self.exponential_backoff,
                 "max_wait": self.max_wait,
+                "messages_uri": self.messages_uri,
+                "output_uri": self.output_uri,
             },
         )
 
@@ -106,13 +123,15 @@ class SmsDeliveryTrigger(BaseTrigger):
         first_pause = interval if self.wait_first is True else float(self.wait_first)
         round_started = time.monotonic() - (interval - first_pause)
         try:
+            if self.messages_uri:
+                watch = DeliveryWatch(await self._read_messages(), self.known)
             await hook.afetch_connection()
             budget = requests_per_poke(self.max_requests_per_poke, self.poke_interval, hook.limiter.rate)
             while True:
                 if wait:
                     left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
                     if left <= 0:
-                        yield TriggerEvent(self._event("timeout", watch, f"the wait ended at {self.deadline}"))
+                        yield TriggerEvent(await self._event("timeout", watch, f"the wait ended at {self.deadline}"))
                         return
                     # Rounds start every interval: a big round's own duration counts towards the pause.
                     pause = interval - (time.monotonic() - round_started)
@@ -128,13 +147,24 @@ class SmsDeliveryTrigger(BaseTrigger):
                     log=self.log,
                 )
                 if watch.settled:
-                    yield TriggerEvent(self._event("success", watch, "every message is delivered or failed"))
+                    yield TriggerEvent(await self._event("success", watch, "every message is delivered or failed"))
                     return
                 backing_off = failed or self.exponential_backoff
                 interval = min(longest, interval * 2) if backing_off else self.poke_interval
         except (AuthenticationError, InvalidRequestError) as exc:
-            yield TriggerEvent(self._event("error", watch, str(exc)))
+            yield TriggerEvent(await self._event("error", watch, str(exc)))
 
-    @staticmethod
-    def _event(status: str, watch: DeliveryWatch, message: str) -> dict[str, Any]:
-        return {"status": status, "message": message, "deliveries": watch.report()}
+    async def _read_messages(self) -> list[tuple[str, str]]:
+        from airflow_provider_m2m.sms.report import watched_messages
+
+        # Object storage reads block: in a thread, so the triggerer's other triggers go on.
+        rows = await asyncio.to_thread(watched_messages, self.messages_uri or [])
+        return messages_to_watch(rows)[0]
+
+    async def _event(self, status: str, watch: DeliveryWatch, message: str) -> dict[str, Any]:
+        if not self.output_uri:
+            return {"status": status, "message": message, "deliveries": watch.report()}
+        from airflow_provider_m2m.sms.report import write_deliveries
+
+        await asyncio.to_thread(write_deliveries, self.output_uri, watch.report())
+        return {"status": status, "message": message, "output_uri": self.output_uri, "counts": watch.tally()}

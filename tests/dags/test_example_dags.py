@@ -270,7 +270,7 @@ def test_sms_real_run_sends_exactly_once_and_waits_for_delivery(sb, sms_dag, tmp
     dr = sms_dag.test(run_conf=conf)
     states = _states(dr)
     assert dr.state == "success", states
-    assert states[("wait_for_delivery", 0)] == "success"  # every message settled within the wait
+    assert states[("notify.wait_for_delivery", 0)] == "success"  # every message settled within the wait
     assert sb.stats()["sms_per_iccid"] == {i: 1 for i in iccids}
     rows = {row["iccid"]: row for row in _rows(_one(tmp_path, "outcomes.csv"))}
     assert set(rows) == set(iccids)
@@ -292,7 +292,7 @@ def test_sms_run_reports_messages_still_pending_when_the_wait_ends(sb, sms_dag, 
     dr = sms_dag.test(run_conf=conf)
     states = _states(dr)
     assert dr.state == "success", states  # every SMS was accepted: a device that is off is not an error
-    assert states[("wait_for_delivery", 0)] == "skipped"  # the wait ended with a message pending
+    assert states[("notify.wait_for_delivery", 0)] == "skipped"  # the wait ended with a message pending
     rows = {row["iccid"]: row for row in _rows(_one(tmp_path, "outcomes.csv"))}
     assert [(rows[i]["outcome"], rows[i]["delivery"]) for i in iccids] == [
         ("success", "delivered"),
@@ -312,7 +312,7 @@ def test_sms_invalid_message_fails_before_any_request(sb, sms_dag, tmp_path):
     dr = sms_dag.test(run_conf=conf)
     states = _states(dr)
     assert dr.state == "failed", states
-    assert states[("validate_and_plan", -1)] == "failed"
+    assert states[("notify.validate_and_plan", -1)] == "failed"
     assert sb.stats()["requests"] == 0 and sb.received() == []
 
 

@@ -145,3 +145,33 @@ def test_500_pending_messages_stay_within_the_request_budget(sb, dags_folder, tm
     assert len(set(asked[:500])) == min(500, len(asked))  # every SIM in turn
     assert {r["state"] for r in rows if r["iccid"] in set(asked)} == {"pending"}
     assert len(rows) == 500
+
+
+def test_messages_from_files_and_rows_to_a_file_in_poke_mode(sb, dags_folder, tmp_path):
+    """messages_uri / output_uri: no message or row passes through XCom, only the counts."""
+    sb.configure(sms_delivery_delay=0)
+    cases = sb.fleet.sms_edge_cases
+    sent, out = (tmp_path / "sent.csv").as_uri(), (tmp_path / "deliveries.csv").as_uri()
+    source = f"""
+import datetime as dt
+from airflow.sdk import DAG
+from airflow_provider_m2m.operators.m2m import SendSmsOperator
+from airflow_provider_m2m.sensors.m2m import SmsDeliverySensor
+
+with DAG("delivery_files", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)):
+    SendSmsOperator(task_id="send", iccids={[cases["delivered"], cases["failed"]]!r}, message_text="Files",
+                    output_uri={sent!r}) >> SmsDeliverySensor(
+        task_id="wait", messages_uri={sent!r}, output_uri={out!r}, deferrable=False, poke_interval=0.5, timeout=30)
+"""
+    dag_run = load_dag(dags_folder, source, "delivery_files").test()
+    states = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "success", states
+    assert states["send"].xcom_pull(task_ids="send") == {"uri": sent, "total": 2, "success": 2, "failed": 0,
+                                                         "unknown": 0}  # fmt: skip
+    summary = states["wait"].xcom_pull(task_ids="wait")
+    assert summary == {"uri": out, "messages": 2, "delivery": {"delivered": 1, "failed": 1}}
+    lines = (tmp_path / "deliveries.csv").read_text().splitlines()
+    assert lines[0] == "iccid,sms_uid,state,status,sent_at,delivered_at,error"
+    received = sb.received("send_sms")
+    expected = [[e["iccid"], e["sms_uid"], s] for e, s in zip(received, ["delivered", "failed"], strict=True)]
+    assert [line.split(",")[:3] for line in lines[1:]] == expected

@@ -223,3 +223,38 @@ def test_500_pending_messages_stay_within_the_request_budget(sb, hook, monkeypat
     states = {r["iccid"]: r["state"] for r in event["deliveries"]}
     assert {states[i] for i in asked} == {"pending"}
     assert {s for i, s in states.items() if i not in asked} <= {"unchecked"}  # not reached within the wait
+
+
+def test_trigger_reads_and_writes_files_so_its_kwargs_and_event_stay_small(sb, hook, tmp_path):
+    """With messages_uri / output_uri the messages and the rows live in files: kwargs and event carry counts."""
+    import csv
+
+    sb.configure(sms_delivery_delay=0)
+    cases = sb.fleet.sms_edge_cases
+    sent = _send(hook, [cases["delivered"], cases["failed"]])
+    outcomes = tmp_path / "sent-00000.csv"
+    with outcomes.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["iccid", "sms_uid", "outcome", "error"])
+        writer.writerows([*pair, "success", ""] for pair in sent)
+        writer.writerow([NOT_IN_FLEET, "Nope1", "failed", "invalid iccid"])  # nothing went out: not watched
+    out = tmp_path / "deliveries.csv"
+    uris = [outcomes.as_uri(), (tmp_path / "sent-00001.csv").as_uri()]  # a batch that wrote nothing: no messages
+    _, kwargs = SmsDeliveryTrigger(messages_uri=uris, output_uri=out.as_uri(), deadline=_deadline(30),
+                                   poke_interval=0.2).serialize()  # fmt: skip
+    assert kwargs["messages"] == [] and len(json.dumps(kwargs)) < 1000
+    first = _run(SmsDeliveryTrigger(**json.loads(json.dumps(kwargs))))
+    again = _run(SmsDeliveryTrigger(**kwargs))  # a triggerer restart: the files are read again
+    assert first == again == {
+        "status": "success",
+        "message": "every message is delivered or failed",
+        "output_uri": out.as_uri(),
+        "counts": {"delivered": 1, "failed": 1},
+    }
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["iccid"], r["sms_uid"], r["state"]) for r in rows] == [
+        (sent[0][0], sent[0][1], "delivered"),
+        (sent[1][0], sent[1][1], "failed"),
+    ]
+    assert rows[0]["delivered_at"] and not rows[1]["delivered_at"]

@@ -24,6 +24,8 @@ from stack import S3_ROOT, WORKERS
 from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
 
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
+# The SMS DAG is one SmsRun task group, "notify": its tasks' ids.
+SEND, WAIT, REPORT = "notify.send_sms", "notify.wait_for_delivery", "notify.write_report"
 DAY = dt.timedelta(days=1)
 PLAN_XCOM_LIMIT = 64 * 1024
 SMS_DELIVERY_DELAY = 2.0  # the sandbox's default: seconds until a message settles
@@ -175,7 +177,7 @@ def _check_sms_run(stack, run_id: str, iccids: list[str], before: dict) -> dict:
     sent = stack.sandbox.stats()["sms_per_iccid"]
     delta = {i: n - before.get(i, 0) for i, n in sent.items() if n != before.get(i, 0)}
     assert delta == dict.fromkeys(iccids, 1), f"messages per SIM: {Counter(delta.values())}, {len(delta)} SIMs"
-    result, _ = stack.xcom(SMS_DAG, run_id, "write_report")
+    result, _ = stack.xcom(SMS_DAG, run_id, REPORT)
     rows = _rows(stack, result["report_csv"])
     assert [r["iccid"] for r in rows] == iccids
     assert {r["outcome"] for r in rows} == {"success"} and all(r["sms_uid"] for r in rows)
@@ -192,19 +194,19 @@ def test_sms_run_waits_for_delivery_in_the_triggerer(stack):
     stack.sandbox.configure(sms_delivery_delay=25)
     try:
         run_id = _sms_run(stack, iccids, "Prod stack: service notice.")
-        state, seen = _wait_watching(stack, run_id, "wait_for_delivery", timeout=500)
+        state, seen = _wait_watching(stack, run_id, WAIT, timeout=500)
     finally:
         stack.sandbox.configure(sms_delivery_delay=SMS_DELIVERY_DELAY)
     assert state == "success", stack.task_instances(SMS_DAG, run_id)
     assert "deferred" in seen, f"the delivery wait was never deferred: {seen}"
-    (wait,) = stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")
+    (wait,) = stack.task_instances(SMS_DAG, run_id, WAIT)
     assert wait["state"] == "success"
     # The triggerer writes what a trigger logs beside the task's log, as ``attempt=N.log.trigger.<triggerer>.log``.
-    folder = stack.airflow.home / "logs" / f"dag_id={SMS_DAG}" / f"run_id={run_id}" / "task_id=wait_for_delivery"
+    folder = stack.airflow.home / "logs" / f"dag_id={SMS_DAG}" / f"run_id={run_id}" / f"task_id={WAIT}"
     trigger_log = "".join(path.read_text("utf-8", "replace") for path in folder.rglob("*.log.trigger.*.log"))
     assert "airflow_provider_m2m.triggers.m2m.SmsDeliveryTrigger" in trigger_log, "the triggerer logged no poll"
     delivery = _check_sms_run(stack, run_id, iccids, before)
-    hosts = Counter(ti["hostname"] for ti in stack.task_instances(SMS_DAG, run_id, "send_sms"))
+    hosts = Counter(ti["hostname"] for ti in stack.task_instances(SMS_DAG, run_id, SEND))
     print(
         f"\nSMS run to {len(iccids)} SIMs in {sum(hosts.values())} batches (by worker {dict(hosts)}): one message "
         f"per SIM (the sandbox's counts); the wait was deferred ({sorted(seen)}) and the triggerer polled "
@@ -227,7 +229,7 @@ def test_worker_killed_mid_sms_run_sends_no_sim_twice(stack):
 
         def sending():
             sent = sum(n - before.get(i, 0) for i, n in stack.sandbox.stats()["sms_per_iccid"].items())
-            running = _running(stack, SMS_DAG, run_id, "send_sms")
+            running = _running(stack, SMS_DAG, run_id, SEND)
             return 100 <= sent < 400 and running and (running[0]["hostname"], sent)
 
         victim, sent_then = stack.airflow.wait_until(sending, 300, "the SMS batch to be half sent", interval=0.5)
@@ -239,15 +241,15 @@ def test_worker_killed_mid_sms_run_sends_no_sim_twice(stack):
     finally:
         stack.restart(victim)
     assert state == "success", stack.task_instances(SMS_DAG, run_id)
-    tries = sorted(stack.tries(SMS_DAG, run_id, "send_sms"), key=lambda ti: ti["try_number"])
+    tries = sorted(stack.tries(SMS_DAG, run_id, SEND), key=lambda ti: ti["try_number"])
     assert [ti["hostname"] for ti in tries][0] == victim and tries[-1]["hostname"] != victim, tries
     assert tries[-1]["state"] == "success" and tries[-1]["try_number"] >= 2
     _check_sms_run(stack, run_id, iccids, before)
 
     # The ledger the retry read is the task state store, in PostgreSQL.
     rows = stack.postgres.query(
-        "SELECT key, value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'send_sms'",
-        (SMS_DAG, run_id),
+        "SELECT key, value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = %s",
+        (SMS_DAG, run_id, SEND),
     )
     ledger = {}
     for key, value in rows:
@@ -294,7 +296,7 @@ def test_triggerer_restarted_during_the_delivery_wait(stack):
     stack.sandbox.configure(sms_delivery_delay=45)  # the messages settle 45 s after they are sent
     try:
         run_id = _sms_run(stack, iccids, "Prod stack: triggerer restarted.", batch_size=300)
-        deferred = lambda: [ti for ti in stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")  # noqa: E731
+        deferred = lambda: [ti for ti in stack.task_instances(SMS_DAG, run_id, WAIT)  # noqa: E731
                             if ti["state"] == "deferred"]  # fmt: skip
         stack.airflow.wait_until(deferred, 300, "the delivery wait to be deferred", interval=1)
     finally:
@@ -302,7 +304,7 @@ def test_triggerer_restarted_during_the_delivery_wait(stack):
     stack.restart("triggerer")  # SIGKILL, then a new triggerer: the trigger is picked up again
     state = stack.wait_for_run(SMS_DAG, run_id, timeout=500)
     assert state == "success", stack.task_instances(SMS_DAG, run_id)
-    (wait,) = stack.task_instances(SMS_DAG, run_id, "wait_for_delivery")
+    (wait,) = stack.task_instances(SMS_DAG, run_id, WAIT)
     assert wait["state"] == "success"
     delivery = _check_sms_run(stack, run_id, iccids, before)
     print(
