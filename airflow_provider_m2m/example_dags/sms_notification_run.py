@@ -123,13 +123,14 @@ with DAG(
         """Validate every SIM and the message before anything is sent; cut the SIMs into batches."""
         from airflow_provider_m2m.exceptions import InvalidRequestError
         from airflow_provider_m2m.protocol import iccid, sms
-        from airflow_provider_m2m.utils.files import chunked, read_csv
+        from airflow_provider_m2m.utils.files import chunked
+        from airflow_provider_m2m.utils.fleet_file import read_fleet
         from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
         try:
             numbers = list(params["iccids"] or [])
             if params["fleet_uri"]:
-                numbers += [row["iccid"] for row in read_csv(params["fleet_uri"])]
+                numbers += [row["iccid"] for row in read_fleet(params["fleet_uri"])]
             numbers = list(dict.fromkeys(iccid.validate_many(numbers)))
             coding = sms.validate_data_coding(params["data_coding"])
             sms.validate_message(params["message_text"], coding)
