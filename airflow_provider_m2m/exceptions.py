@@ -11,12 +11,23 @@ The taxonomy follows what the caller should do next:
   carried out; it must not be repeated blindly.
 * :class:`M2mApiError` / :class:`DarajaApiError` - the platform answered with a failure of its own.
 * :class:`ProtocolError` - the answer could not be understood (not XML, not JSON, wrong shape).
+* :class:`RetryToSettleError` - a task tried every SIM and some are not settled; let Airflow retry the task
+  (a retry settles only those, never repeating what was done). The one task failure of its own.
 
-This module imports nothing from Airflow so the protocol code can use it anywhere. Messages never
-carry secrets: callers pass descriptions, never request bodies or headers.
+Messages never carry secrets: callers pass descriptions, never request bodies or headers. Only
+:class:`RetryToSettleError` needs Airflow (a task failure Airflow retries); without Airflow installed it is a
+plain :class:`M2mProviderError`, so the protocol code, which uses this module, runs anywhere.
 """
 
 from __future__ import annotations
+
+try:
+    from airflow.sdk.exceptions import AirflowException as _TaskFailure
+except ImportError:  # Airflow 3.1 keeps it in airflow.exceptions; no Airflow at all: the protocol code alone
+    try:
+        from airflow.exceptions import AirflowException as _TaskFailure  # type: ignore[no-redef]
+    except ImportError:
+        _TaskFailure = Exception  # type: ignore[misc,assignment]
 
 
 class M2mProviderError(Exception):
@@ -123,3 +134,26 @@ class DarajaApiError(M2mProviderError):
         super().__init__(
             f"Daraja error{about} HTTP {status} {error_code or '-'}: {error_message or '(no message)'}{ref}"
         )
+
+
+class RetryToSettleError(M2mProviderError, _TaskFailure):
+    """
+    A task tried every SIM and some are not settled (an SMS whose outcome is unknown, a status change the
+    platform turned away for now): fail the task and let Airflow retry it. A retry settles only those SIMs
+    (looking each up first), never repeating what was done. A subclass of Airflow's ``AirflowException``, so
+    Airflow retries it like any task failure; failures that retrying cannot help raise
+    ``AirflowFailException`` instead.
+    """
+
+
+__all__ = [
+    "AuthenticationError",
+    "DarajaApiError",
+    "InvalidRequestError",
+    "M2mApiError",
+    "M2mProviderError",
+    "OutcomeUnknownError",
+    "ProtocolError",
+    "RetryToSettleError",
+    "TransientError",
+]
