@@ -138,3 +138,6 @@ class SmsDeliveryTrigger(BaseTrigger):
     @staticmethod
     def _event(status: str, watch: DeliveryWatch, message: str) -> dict[str, Any]:
         return {"status": status, "message": message, "deliveries": watch.report()}
+
+
+__all__ = ["SmsDeliveryTrigger"]
