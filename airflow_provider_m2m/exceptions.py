@@ -14,20 +14,20 @@ The taxonomy follows what the caller should do next:
 * :class:`RetryToSettleError` - a task tried every SIM and some are not settled; let Airflow retry the task
   (a retry settles only those, never repeating what was done). The one task failure of its own.
 
-Messages never carry secrets: callers pass descriptions, never request bodies or headers. Only
-:class:`RetryToSettleError` needs Airflow (a task failure Airflow retries); without Airflow installed it is a
-plain :class:`M2mProviderError`, so the protocol code, which uses this module, runs anywhere.
+Messages never carry secrets: callers pass descriptions, never request bodies or headers.
+
+This module imports nothing from Airflow, so the protocol code, which uses it, stays fast to import and runs
+anywhere. The one Airflow task failure, :class:`RetryToSettleError` (a subclass of Airflow's
+``AirflowException``), is defined in :mod:`airflow_provider_m2m.utils.task_failures` and imported from here on
+first use.
 """
 
 from __future__ import annotations
 
-try:
-    from airflow.sdk.exceptions import AirflowException as _TaskFailure
-except ImportError:  # Airflow 3.1 keeps it in airflow.exceptions; no Airflow at all: the protocol code alone
-    try:
-        from airflow.exceptions import AirflowException as _TaskFailure  # type: ignore[no-redef]
-    except ImportError:
-        _TaskFailure = Exception  # type: ignore[misc,assignment]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.task_failures import RetryToSettleError
 
 
 class M2mProviderError(Exception):
@@ -136,14 +136,15 @@ class DarajaApiError(M2mProviderError):
         )
 
 
-class RetryToSettleError(M2mProviderError, _TaskFailure):
-    """
-    A task tried every SIM and some are not settled (an SMS whose outcome is unknown, a status change the
-    platform turned away for now): fail the task and let Airflow retry it. A retry settles only those SIMs
-    (looking each up first), never repeating what was done. A subclass of Airflow's ``AirflowException``, so
-    Airflow retries it like any task failure; failures that retrying cannot help raise
-    ``AirflowFailException`` instead.
-    """
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use (PEP 562): it subclasses Airflow's AirflowException, and importing Airflow here
+    # would make every protocol import load Airflow.
+    if name == "RetryToSettleError":
+        from airflow_provider_m2m.utils.task_failures import RetryToSettleError
+
+        return RetryToSettleError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -55,3 +55,16 @@ def test_every_operator_builds_its_hook_from_its_connection_id_lazily():
     for op in ops:
         assert "hook" not in vars(op)  # nothing built at parse time
         assert isinstance(op.hook, M2mHook) and op.hook.m2m_conn_id == "c1" and op.hook is op.hook
+
+
+def test_the_protocol_code_and_the_exceptions_load_without_airflow():
+    """The named task failure subclasses Airflow's; importing the exceptions (as the protocol does) loads no Airflow."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airflow_provider_m2m.protocol.iccid, airflow_provider_m2m.exceptions as e; "
+        "print('airflow' in sys.modules, e.RetryToSettleError.__module__, 'airflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "airflow_provider_m2m.exceptions", "True"], result.stderr[-2000:]
