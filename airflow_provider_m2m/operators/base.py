@@ -55,5 +55,11 @@ class PlatformOperator(PlatformHookMixin[HookT], RendersOnlyTemplates, BaseOpera
     :param kwargs: passed to :class:`~airflow.sdk.BaseOperator` (``task_id``, ``retries``, ``pool``...).
     """
 
+    # Its own __init__, only passing the arguments on: without one, Airflow's operator metaclass gives this class
+    # a wrapped copy of BaseOperator.__init__, whose ``inlets=None`` default then overrides the ``[]`` a mapped
+    # task (``.partial().expand()``) needs.
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
 
 __all__ = ["PlatformHookMixin", "PlatformOperator"]

@@ -345,6 +345,6 @@ def test_iccids_uri_takes_an_iccid_column_in_capitals(sb, tmp_path):
             pushed[key] = value
 
     rows = QueryImeiOperator(task_id="t", iccids_uri=uri).execute({"ti": Ti()})
-    assert [row["iccid"] for row in rows] == good and not any(row["error"] for row in rows)
+    assert sorted(row["iccid"] for row in rows) == sorted(good) and not any(row["error"] for row in rows)
     assert sb.stats()["requests"] == 3 and "changed_iccids" in pushed
 
