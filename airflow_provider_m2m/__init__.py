@@ -79,12 +79,6 @@ def get_provider_info() -> dict:
         "triggers": [
             {"integration-name": "SIM Insight M2M", "python-modules": ["airflow_provider_m2m.triggers.m2m"]},
         ],
-        "plugins": [
-            {
-                "name": "sim_insight_push",
-                "plugin-class": "airflow_provider_m2m.plugins.sim_insight_push.SimInsightPushPlugin",
-            },
-        ],
         "connection-types": [
             {
                 "connection-type": "m2m",

@@ -11,12 +11,23 @@ The taxonomy follows what the caller should do next:
   carried out; it must not be repeated blindly.
 * :class:`M2mApiError` / :class:`DarajaApiError` - the platform answered with a failure of its own.
 * :class:`ProtocolError` - the answer could not be understood (not XML, not JSON, wrong shape).
+* :class:`RetryToSettleError` - a task tried every SIM and some are not settled; let Airflow retry the task
+  (a retry settles only those, never repeating what was done). The one task failure of its own.
 
-This module imports nothing from Airflow so the protocol code can use it anywhere. Messages never
-carry secrets: callers pass descriptions, never request bodies or headers.
+Messages never carry secrets: callers pass descriptions, never request bodies or headers.
+
+This module imports nothing from Airflow, so the protocol code, which uses it, stays fast to import and runs
+anywhere. The one Airflow task failure, :class:`RetryToSettleError` (a subclass of Airflow's
+``AirflowException``), is defined in :mod:`airflow_provider_m2m.utils.task_failures` and imported from here on
+first use.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.task_failures import RetryToSettleError
 
 
 class M2mProviderError(Exception):
@@ -123,3 +134,27 @@ class DarajaApiError(M2mProviderError):
         super().__init__(
             f"Daraja error{about} HTTP {status} {error_code or '-'}: {error_message or '(no message)'}{ref}"
         )
+
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use (PEP 562): it subclasses Airflow's AirflowException, and importing Airflow here
+    # would make every protocol import load Airflow.
+    if name == "RetryToSettleError":
+        from airflow_provider_m2m.utils.task_failures import RetryToSettleError
+
+        return RetryToSettleError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AuthenticationError",
+    "DarajaApiError",
+    "InvalidRequestError",
+    "M2mApiError",
+    "M2mProviderError",
+    "OutcomeUnknownError",
+    "ProtocolError",
+    "RetryToSettleError",
+    "TransientError",
+]

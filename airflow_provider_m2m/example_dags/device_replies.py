@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, ObjectStoragePath, task
 
 from airflow_provider_m2m.operators.m2m import SendSmsOperator
 
-# [START howto_receive_pushes]
 MO_SMS = Asset("sim_insight_mo_sms")
 REPORT_COLUMNS = ["iccid", "msisdn", "timestamp", "text", "api_did"]
 HELP_TEXT = "Reply STATUS for the tracker's state, STOP to end alerts."
@@ -33,22 +32,31 @@ with DAG(
     tags=["m2m", "sms", "push"],
 ):
 
+    # [START howto_receive_pushes]
     @task
-    def write_replies(triggering_asset_events=None, run_id=None) -> list[dict]:
+    def write_replies(triggering_asset_events=None, run_id=None):
         """Write the run's MO messages (one row each, oldest first) and return them."""
-        from airflow_provider_m2m.utils.files import report_folder, write_csv
+        import csv
+        import os
+        import re
 
         replies = [dict(event.extra) for event in triggering_asset_events[MO_SMS]]
-        uri = report_folder(None, "device_replies", run_id) + "/replies.csv"
-        write_csv(uri, REPORT_COLUMNS, replies)
-        print(f"{len(replies)} device replies written to {uri}")
+        home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
+        folder = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)  # run ids carry ':' and '+'
+        target = ObjectStoragePath(f"file://{home}/reports/device_replies/{folder}/replies.csv")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", newline="") as out:
+            writer = csv.DictWriter(out, REPORT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(replies)
+        print(f"{len(replies)} device replies written to {target}")
         return replies
 
     @task.short_circuit
-    def asked_for_help(replies: list[dict]) -> list[str]:
+    def asked_for_help(replies):
         """The ICCIDs whose reply is HELP (none: the follow-up is skipped)."""
         return sorted({reply["iccid"] for reply in replies if reply.get("text", "").strip().upper() == "HELP"})
 
     help_iccids = asked_for_help(write_replies())
     SendSmsOperator(task_id="send_help", iccids=help_iccids, message_text=HELP_TEXT, pool="m2m_platform")
-# [END howto_receive_pushes]
+    # [END howto_receive_pushes]

@@ -1,115 +1,75 @@
 """
-Quarantine SIMs that moved to another device, with a person's approval.
-
-Runs when the nightly ``fleet_imei_change_report`` asset is updated and reads that night's report
-(``report_csv`` in the asset event's extra, or the ``report_csv`` param of a manual run):
-
-1. ``read_report``: the SIMs whose status is ``changed`` (a SIM in a new device: the classic sign of a stolen SIM).
-2. ``approve_suspension``: a person sees them in the Airflow UI (Browse > Required actions) with asset name,
-   old -> new IMEI and time, chooses which to suspend, and clicks Approve or Reject. No answer within
-   ``RESPONSE_TIMEOUT`` counts as Reject. Nothing is ever suspended without an answer.
-3. ``suspend``: ``SetSimStatusOperator`` deactivates exactly the approved SIMs (closed SIMs are skipped).
-4. ``report_actions``: what was decided, by whom, and each SIM's outcome, written beside the night's report
-   as ``quarantine_actions.json``.
+Quarantine SIMs that moved to another device, once a person approves (Browse > Required actions; no answer in 12
+hours suspends none), on each nightly ``fleet_imei_change_report`` (or the ``report_csv`` param). Writes
+``quarantine_actions.json`` beside the report. Needs a running Airflow: under ``airflow dags test`` it fails at once.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import json
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, ObjectStoragePath, Param, task
 
 from airflow_provider_m2m.operators.approval import ApproveSimsOperator
 from airflow_provider_m2m.operators.m2m import SetSimStatusOperator
 
-REPORT_ASSET = Asset(name="fleet_imei_change_report")
-RESPONSE_TIMEOUT = dt.timedelta(hours=12)
-#: A person can review this many SIMs at once; more are listed in the report as not offered.
-MAX_OFFERED = 200
+REPORT = Asset(name="fleet_imei_change_report")
+COLUMNS = ["iccid", "asset_name", "previous_imei", "current_imei", "last_change"]
 
 with DAG(
     dag_id="quarantine_moved_sims",
-    description="Suspend the SIMs that moved to another device, once a person approves",
-    schedule=[REPORT_ASSET],
+    schedule=[REPORT],
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
-    tags=["m2m", "fleet", "imei", "approval"],
-    params={
-        "report_csv": Param(
-            None,
-            type=["null", "string"],
-            title="Report to act on",
-            description="URI of an imei_changes.csv (default: the one in the triggering asset event).",
-        ),
-    },
-) as dag:
+    params={"report_csv": Param(None, type=["null", "string"], description="URI of an imei_changes.csv")},
+):
 
     @task(multiple_outputs=True)
-    def read_report(params=None, triggering_asset_events=None) -> dict:
-        """The changed SIMs of the night's report (at most MAX_OFFERED), with the report's URI."""
-        from airflow_provider_m2m.utils.files import read_csv
-
-        uri = params["report_csv"]
-        if not uri:
-            events = triggering_asset_events[REPORT_ASSET] if triggering_asset_events else []
-            if not events:
-                raise ValueError("report_csv: no report given and no fleet_imei_change_report event to read")
-            uri = events[-1].extra["report_csv"]
-        changed = [row for row in read_csv(uri) if row.get("status") == "changed"]
-        columns = ("iccid", "asset_name", "previous_imei", "current_imei", "last_change")
-        sims = [{c: row.get(c) or None for c in columns} for row in changed]
-        print(f"{len(sims)} SIMs changed device in {uri}")
-        return {"report_csv": uri, "sims": sims[:MAX_OFFERED], "not_offered": [s["iccid"] for s in sims[MAX_OFFERED:]]}
+    def read_report(params=None, triggering_asset_events=None):
+        """The night's ``changed`` SIMs, and the report's URI."""
+        uri = params["report_csv"] or triggering_asset_events[REPORT][-1].extra["report_csv"]
+        with ObjectStoragePath(uri).open("r") as lines:
+            rows = [row for row in csv.DictReader(lines) if row["status"] == "changed"]
+        return {"report_csv": uri, "sims": [{c: row[c] or None for c in COLUMNS} for row in rows]}
 
     report = read_report()
-
     # [START howto_quarantine_approval]
     approve = ApproveSimsOperator(
         task_id="approve_suspension",
         sims=report["sims"],
+        columns=COLUMNS,
+        max_offered=200,  # the rest are listed under the XCom key "not_offered"
         subject="Suspend SIMs that moved to another device?",
-        intro=(
-            "These SIMs were seen in a different device (IMEI) last night: a sign of a stolen SIM. "
-            "Choose the ones to **suspend** (deactivate: no data, SMS or voice) and click Approve. "
-            "Reject, or no answer within 12 hours, suspends none."
-        ),
-        columns=["iccid", "asset_name", "previous_imei", "current_imei", "last_change"],
-        response_timeout=RESPONSE_TIMEOUT,
+        intro="Seen in a new device last night. Choose the SIMs to **suspend**; Reject or no answer suspends none.",
+        response_timeout=dt.timedelta(hours=12),
     )
-
     suspend = SetSimStatusOperator(task_id="suspend", iccids=approve.output["approved_iccids"], status="deactivated")
     # [END howto_quarantine_approval]
 
     @task(trigger_rule="all_done")
-    def report_actions(found: dict, ti=None) -> dict:
-        """Write down what was decided and done, SIM by SIM; also when rejected, timed out, or nothing moved."""
-        import json
-
-        from airflow.sdk import ObjectStoragePath
-
+    def report_actions(found, ti=None):
+        """What was decided and done, SIM by SIM: also when rejected, timed out, or nothing moved."""
         answer = ti.xcom_pull(task_ids="approve_suspension", key="decision")
-        rows = ti.xcom_pull(task_ids="suspend") or ti.xcom_pull(task_ids="suspend", key="outcomes") or []
+        not_offered = ti.xcom_pull(task_ids="approve_suspension", key="not_offered") or []
+        decision = f"{answer['choice']} by {answer['responded_by']}" if answer else "no decision: nothing suspended"
         if not found["sims"]:
             decision = "nothing to decide: no SIM changed device"
-        elif not answer:
-            decision = "no decision recorded: nothing suspended"
-        elif answer["responded_by"] is None:
+        elif answer and answer["responded_by"] is None:
             decision = "no answer before the timeout: nothing suspended"
-        else:
-            decision = f"{answer['choice']} by {answer['responded_by']}"
         summary = {
             "report_csv": found["report_csv"],
-            "offered": [sim["iccid"] for sim in found["sims"]],
-            "not_offered": found["not_offered"],
+            "offered": [sim["iccid"] for sim in found["sims"] if sim["iccid"] not in not_offered],
+            "not_offered": not_offered,
             "decision": decision,
             "approved": (answer or {}).get("approved", []),
-            "outcomes": rows,
+            "outcomes": ti.xcom_pull(task_ids="suspend") or ti.xcom_pull(task_ids="suspend", key="outcomes") or [],
         }
-        target = ObjectStoragePath(found["report_csv"].rsplit("/", 1)[0]) / "quarantine_actions.json"
-        target.write_text(json.dumps(summary, indent=2, default=str))
-        print(f"{decision}; outcomes: {json.dumps(rows)}; written to {target}")
+        target = ObjectStoragePath(found["report_csv"].rsplit("/", 1)[0] + "/quarantine_actions.json")
+        target.write_text(json.dumps(summary, indent=2))
         return summary
 
     report_actions(report) << suspend

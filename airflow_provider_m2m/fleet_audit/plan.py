@@ -33,7 +33,8 @@ from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.fleet_audit.rules import checked_fleet
 from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
 from airflow_provider_m2m.fleet_audit.state import check_previous_state
-from airflow_provider_m2m.utils.files import merged_csv, read_csv, report_folder, write_csv
+from airflow_provider_m2m.utils.files import merged_csv, report_folder, write_csv
+from airflow_provider_m2m.utils.fleet_file import read_fleet
 
 #: The audit's folder under ``report_base_uri``.
 AUDIT_NAME = "fleet_imei_change_report"
@@ -70,7 +71,7 @@ def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, ma
     """
     if batch_size:
         return batch_size
-    with closing(read_csv(fleet_uri)) as rows:
+    with closing(read_fleet(fleet_uri)) as rows:
         fleet_size = sum(1 for _ in rows)
     return batch_size_for(fleet_size, pool_slots, max_map_length=max_map_length)
 
@@ -81,7 +82,8 @@ def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batc
 
     Nothing is sent to the platform here: bad input raises before any query.
 
-    :param fleet_uri: the fleet CSV (an ``iccid`` column, optional ``expected_imei``, any other columns).
+    :param fleet_uri: the fleet CSV (an ``iccid`` column in any case, optional ``expected_imei``, any other
+        columns; :mod:`~airflow_provider_m2m.utils.fleet_file`).
     :param report_base_uri: the base of the audit's folder (None: ``reports/`` under the Airflow home).
     :param night: the data interval's start date (names the folder).
     :param batch_size: SIMs per batch.
@@ -90,7 +92,7 @@ def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batc
     """
     folder = night_folder(report_base_uri, night)
     check_previous_state(audit_folder(report_base_uri), night)
-    rows = read_csv(fleet_uri)
+    rows = read_fleet(fleet_uri)
     first = next(rows, None)
     columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
     checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
@@ -116,7 +118,7 @@ def _each_sim_once(inputs: list[str], columns: tuple[str, ...], fleet_uri: str, 
 
 def _listed_twice(iccid: str, fleet_uri: str) -> InvalidRequestError:
     """The error for an ICCID listed twice, naming both lines: a second pass over the fleet file, streamed."""
-    lines = (n for n, row in enumerate(read_csv(fleet_uri), start=2) if row.get("iccid") == iccid)
+    lines = (n for n, row in enumerate(read_fleet(fleet_uri), start=2) if row.get("iccid") == iccid)
     first, second = islice(lines, 2)
     rule = f"iccid {iccid} is listed twice (first on line {first}): each SIM must appear once"
     return InvalidRequestError(f"fleet file {fleet_uri} line {second}", rule)

@@ -111,7 +111,7 @@ def audit_sim(
 # ---------------------------------------------------------------------------------------------- input rules
 def _iccid_error(value: str) -> str | None:
     if not value:
-        return "iccid: the column is missing or empty"
+        return "iccid: the cell is empty"
     if not (value.isdigit() and value.isascii() and 18 <= len(value) <= 22):
         return f"iccid {value[:30]!r}: must be 18 to 22 digits"
     return None

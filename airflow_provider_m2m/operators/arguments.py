@@ -82,16 +82,15 @@ def as_iccid_source(iccids: object, iccids_uri: object) -> list[str]:
 
 def iccid_file(uri: str) -> Iterator[str]:
     """
-    The ICCIDs of a CSV file with an ``iccid`` column, streamed row by row, each checked by the rule every
+    The ICCIDs of a CSV file with an ``iccid`` column (any case: the fleet file rule,
+    :mod:`~airflow_provider_m2m.utils.fleet_file`), streamed row by row, each checked by the rule every
     ``iccids`` list follows (:func:`~airflow_provider_m2m.protocol.iccid.validate`).
 
     :raises InvalidRequestError: naming the file, the line and the rule.
     """
-    from airflow_provider_m2m.utils.files import read_csv
+    from airflow_provider_m2m.utils.fleet_file import read_fleet
 
-    for line, row in enumerate(read_csv(uri), start=2):
-        if "iccid" not in row:
-            raise InvalidRequestError(f"iccids_uri {uri} line 1", "the header has no iccid column", ",".join(row))
+    for line, row in enumerate(read_fleet(uri, label="iccids_uri"), start=2):
         yield iccid_rules.validate(row["iccid"], field=f"iccids_uri {uri} line {line}: iccid")
 
 

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import ImeiRecord, M2mHook
-from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_iccid_source, as_window, as_workers
-from airflow_provider_m2m.protocol import iccid as iccid_rules
-from airflow_provider_m2m.protocol import sms
-from airflow_provider_m2m.sms.ledger import SmsLedger
+from airflow_provider_m2m.operators.arguments import as_iccid_source, as_window, as_workers
+from airflow_provider_m2m.operators.base import PlatformOperator
+
+# SetSimStatusOperator lives beside its own rules; every SIM Insight operator is imported from this module.
+from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator
+from airflow_provider_m2m.sms.ledger import SmsLedger, warn_if_retry_comes_too_soon
 from airflow_provider_m2m.sms.report import OUTCOME_COLUMNS
-from airflow_provider_m2m.sms.sending import Message, send_once_each
+from airflow_provider_m2m.sms.sending import checked_batch, send_once_each
 from airflow_provider_m2m.utils.files import write_csv
 from airflow_provider_m2m.utils.progress import Progress
 from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
-from airflow_provider_m2m.utils.version_compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,7 +33,7 @@ CSV_COLUMNS = ("iccid", "current_imei", "last_change", "previous_imei", "error")
 MAX_CHANGED_ICCIDS = 10_000
 
 
-class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
+class QueryImeiOperator(PlatformOperator[M2mHook]):
     """
     Ask SIM Insight which device (IMEI) each SIM sits in, and when that changed.
 
@@ -91,6 +88,7 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
         "max_workers",
     )
     ui_color = "#d8ecf3"
+    hook_class = M2mHook
 
     def __init__(
         self,
@@ -112,11 +110,6 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
         self.changed_before = changed_before
         self.output_uri = output_uri
         self.max_workers = max_workers
-
-    @cached_property
-    def hook(self) -> M2mHook:
-        """The SIM Insight hook (built on first use, never at parse time)."""
-        return M2mHook(m2m_conn_id=self.m2m_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
@@ -194,7 +187,7 @@ class QueryImeiOperator(RendersOnlyTemplates, BaseOperator):
         return lineage.operator_lineage(inputs, outputs)
 
 
-class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
+class SendSmsOperator(PlatformOperator[M2mHook]):
     """
     Send one SMS to each SIM, never twice, with up to ``max_workers`` sends in flight.
 
@@ -212,9 +205,10 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     On Airflow without a task state store a retry looks every SIM up that way (a first try needs no look-up).
 
     After every SIM was tried the task fails, listing them, when any SIM is not confirmed sent: retryably
-    (:class:`AirflowException`) when an outcome is unknown or the platform turned every attempt away, so
-    Airflow's retries settle them without duplicates; without retries (:class:`AirflowFailException`) when
-    the only failures are SIMs the platform refused (e.g. ``invalid iccid``): resending cannot help.
+    (:class:`~airflow_provider_m2m.exceptions.RetryToSettleError`, an ``AirflowException``) when an outcome
+    is unknown or the platform turned every attempt away, so Airflow's retries settle them without duplicates;
+    without retries (:class:`AirflowFailException`) when the only failures are SIMs the platform refused
+    (e.g. ``invalid iccid``): resending cannot help. Either way the rows go to XCom under the key ``outcomes``.
 
     :param iccids: one ICCID or a list (or give ``iccids_uri``). Templated.
     :param message_text: GSM 7-bit text (at most 160 septets; ^ { } \\ [ ~ ] | € count two), or base64 for
@@ -244,6 +238,7 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
     )
     template_fields_renderers = {"message_text": "txt"}
     ui_color = "#f3e0d8"
+    hook_class = M2mHook
 
     def __init__(
         self,
@@ -270,11 +265,6 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
         self.m2m_conn_id = m2m_conn_id
         self.max_workers = max_workers
 
-    @cached_property
-    def hook(self) -> M2mHook:
-        """The SIM Insight hook (built on first use, never at parse time)."""
-        return M2mHook(m2m_conn_id=self.m2m_conn_id)
-
     def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
         """
         Render as Airflow does, but keep carriage returns (Jinja turns every ``\\r\\n`` and ``\\r`` into
@@ -290,73 +280,38 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         with bad_input_fails_task():
-            if self.iccids_uri not in (None, ""):
-                listed = as_iccid_source(self.iccids, self.iccids_uri)  # exactly one of the two
-            else:  # empty: e.g. no SIM moved today
-                listed = iccid_rules.validate_many(self.iccids, allow_empty=True)
-            numbers = list(dict.fromkeys(listed))  # one message per SIM
-            coding = sms.validate_data_coding(self.data_coding)
-            text = sms.validate_message(self.message_text, coding)
-            origin = sms.validate_origin(self.origin) if self.origin not in (None, "") else None
-            if self.sms_uid not in (None, "") and len(numbers) > 1:
-                raise InvalidRequestError(
-                    "sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)"
-                )
-            fixed_uid = sms.validate_uid(self.sms_uid) if self.sms_uid not in (None, "") else None
+            # iccids_uri: one batch file, checked whole (exactly one of it and iccids); else the list, maybe empty
+            listed = as_iccid_source(self.iccids, self.iccids_uri) if self.iccids_uri not in (None, "") else self.iccids
+            batch = checked_batch(listed, self.message_text, self.data_coding, self.origin, self.sms_uid)
             workers = as_workers(self.max_workers)
-            if not numbers:
+            if not batch.numbers:
                 self.log.info("No SIMs to send to: nothing sent")
                 return self._outcomes([])
             self.hook.fetch_connection()  # a missing api_id is bad input too: fail before sending
-        if len(listed) > len(numbers):
+        if batch.listed > len(batch.numbers):
             self.log.info(
                 "%d duplicate ICCIDs dropped: %d SIMs listed, one message each to %d distinct SIMs",
-                len(listed) - len(numbers),
-                len(listed),
-                len(numbers),
+                batch.listed - len(batch.numbers),
+                batch.listed,
+                len(batch.numbers),
             )
-        if self.retries and self.retry_delay.total_seconds() < self.hook.timeout:
-            self.log.warning(
-                "retry_delay (%.0fs) is shorter than the connection's timeout (%.0fs): a retry could look a SIM "
-                "up before the platform finished a request whose answer was lost, and send it again",
-                self.retry_delay.total_seconds(),
-                self.hook.timeout,
-            )
+        warn_if_retry_comes_too_soon(self.retries, self.retry_delay.total_seconds(), self.hook.timeout, self.log)
         ti = context["ti"]
-
-        def uid_of(number: str) -> str:
-            return fixed_uid or sms.make_uid(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, number)
-
         with bad_input_fails_task():  # refused credentials stop the run: retrying cannot help
             sent = send_once_each(
                 self.hook,
                 SmsLedger(context, self.log),
-                numbers,
-                uid_of,
-                Message(text, coding, origin),
+                batch.numbers,
+                batch.uid_maker(ti),
+                batch.message,
                 max_workers=workers,
                 log=self.log,
             )
-        rows = sent.rows
-        bad = [row for row in rows if row["outcome"] != "success"]
-        kept = self._outcomes(rows)
-        if not bad:
-            return kept
-        if not self.output_uri:
-            ti.xcom_push(key="outcomes", value=rows)
-        listed_bad = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
-        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-        retried = [row for row in bad if row["iccid"] not in sent.refused]
-        if not retried:
-            raise AirflowFailException(
-                f"{len(bad)} of {len(rows)} SMS refused by the platform for good, after every SIM was tried: "
-                f"{listed_bad}{more}. Not retried: resending cannot help; fix or remove these SIMs."
-            )
-        refused = f" {len(sent.refused)} refused for good are never resent." if sent.refused else ""
-        raise AirflowException(
-            f"{len(bad)} of {len(rows)} SMS not confirmed sent: {listed_bad}{more}. A retry resends only to "
-            f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
-        )
+        kept = self._outcomes(sent.rows)  # the rows reach output_uri also when the task then fails
+        if sent.unsent() and not self.output_uri:
+            ti.xcom_push(key="outcomes", value=sent.rows)
+        sent.raise_unless_all_sent()
+        return kept
 
     def _outcomes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
         """The rows for XCom; with ``output_uri``, written there instead, and their counts for XCom."""
@@ -374,8 +329,5 @@ class SendSmsOperator(RendersOnlyTemplates, BaseOperator):
 
         return lineage.operator_lineage(outputs=[lineage.platform_dataset(self.hook.base_url, "send_sms")])
 
-
-# Re-exported so every SIM Insight operator imports from this module (defined beside its own rules).
-from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator  # noqa: E402
 
 __all__ = ["QueryImeiOperator", "SendSmsOperator", "SetSimStatusOperator"]

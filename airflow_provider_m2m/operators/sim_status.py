@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from airflow_provider_m2m.exceptions import AuthenticationError, M2mApiError, M2mProviderError, OutcomeUnknownError
+from airflow_provider_m2m.exceptions import (
+    AuthenticationError,
+    M2mApiError,
+    M2mProviderError,
+    OutcomeUnknownError,
+    RetryToSettleError,
+)
 from airflow_provider_m2m.hooks.m2m import M2mHook, SimStatus
-from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_workers
+from airflow_provider_m2m.operators.arguments import as_workers
+from airflow_provider_m2m.operators.base import PlatformOperator
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.protocol import sim_status
 from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
-from airflow_provider_m2m.utils.version_compat import AirflowException, AirflowFailException
+from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -22,9 +26,12 @@ if TYPE_CHECKING:
 CHANGED, UNCHANGED, SKIPPED, FAILED = "changed", "unchanged", "skipped", "failed"
 
 
-class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
+class SetSimStatusOperator(PlatformOperator[M2mHook]):
     """
-    Give each SIM a status (``deactivated`` by default, or ``active``), never touching a closed SIM.
+    Give each SIM the status you name (``deactivated`` or ``active``), never touching a closed SIM.
+
+    ``status`` is required: there is no default, so a task written without it cannot suspend SIMs by
+    accident (before 0.2 it defaulted to ``deactivated``).
 
     Every ICCID and the status word are validated first; bad input fails the task and nothing is sent.
     Then each SIM's status is read (``query_status``, concurrently) and only the SIMs that need it get a
@@ -42,19 +49,21 @@ class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
     empty ICCID list succeeds with ``[]`` and sends nothing.
 
     :param iccids: one ICCID (a plain string is one ICCID) or a list of them. Templated.
-    :param status: ``deactivated`` (suspend: no data, SMS or voice) or ``active``, any case. Templated.
+    :param status: required: ``deactivated`` (suspend: no data, SMS or voice) or ``active``, any case.
+        Templated.
     :param m2m_conn_id: the SIM Insight connection. Templated.
     :param max_workers: status reads in flight at once (default 16). Templated.
     """
 
     template_fields: Sequence[str] = ("iccids", "status", "m2m_conn_id", "max_workers")
     ui_color = "#f3d8d8"
+    hook_class = M2mHook
 
     def __init__(
         self,
         *,
         iccids: str | list[str],
-        status: str = sim_status.DEACTIVATED,
+        status: str,
         m2m_conn_id: str = M2mHook.default_conn_name,
         max_workers: int | None = None,
         **kwargs: Any,
@@ -64,11 +73,6 @@ class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
         self.status = status
         self.m2m_conn_id = m2m_conn_id
         self.max_workers = max_workers
-
-    @cached_property
-    def hook(self) -> M2mHook:
-        """The SIM Insight hook (built on first use, never at parse time)."""
-        return M2mHook(m2m_conn_id=self.m2m_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with bad_input_fails_task():
@@ -109,7 +113,7 @@ class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
             message = f"{len(failed)} of {len(rows)} SIMs not set {target}: {listed}{more}"
             if all(row["iccid"] in permanent for row in failed):
                 raise AirflowFailException(f"{message}. The platform refused them: retrying cannot help.")
-            raise AirflowException(f"{message}. A retry reads their status again first.")
+            raise RetryToSettleError(f"{message}. A retry reads their status again first.")
         return rows
 
     def _apply(self, current: SimStatus, target: str, permanent: set[str]) -> dict[str, Any]:
@@ -141,3 +145,6 @@ class SetSimStatusOperator(RendersOnlyTemplates, BaseOperator):
             self.log.info("SIM %s: the set_status outcome was unknown; reading back shows %s", current.iccid, now)
             return {**row, "status": now, "outcome": CHANGED}
         return {**row, "status": now, "outcome": FAILED, "error": f"{unknown}; the status read back is {now}"}
+
+
+__all__ = ["SetSimStatusOperator"]

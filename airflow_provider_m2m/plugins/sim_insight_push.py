@@ -131,7 +131,13 @@ def _expected_passphrase() -> str:
 
 
 class SimInsightPushPlugin(AirflowPlugin):
-    """Serves :data:`app` under ``/sim-insight`` in the api-server; registered in ``get_provider_info``."""
+    """
+    Serves :data:`app` under ``/sim-insight`` in the api-server.
+
+    Registered through the ``airflow.plugins`` entry point, which Airflow loads with its default settings; not
+    in ``get_provider_info``, whose plugins Airflow loads only with ``[core] lazy_discover_providers = False``
+    (listed in both, eager discovery registered it twice and reported the second as an import error).
+    """
 
     name = "sim_insight_push"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "SIM Insight push receiver"}]

@@ -7,7 +7,6 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -15,6 +14,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.m2m import M2mHook
 from airflow_provider_m2m.operators.arguments import as_int
+from airflow_provider_m2m.operators.base import PlatformHookMixin
 from airflow_provider_m2m.protocol.delivery_states import FINAL_STATES
 from airflow_provider_m2m.protocol.values import read_literal
 from airflow_provider_m2m.sms.delivery import (
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 STATE_KEY = "sms_delivery"
 
 
-class SmsDeliverySensor(BaseSensorOperator):
+class SmsDeliverySensor(PlatformHookMixin[M2mHook], BaseSensorOperator):
     """
     Wait until every SMS is delivered or failed, polling SIM Insight's ``query_sms_mt_details``.
 
@@ -95,6 +95,7 @@ class SmsDeliverySensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("messages", "messages_uri", "output_uri", "m2m_conn_id")
     template_fields_renderers = {"messages": "json"}
     ui_color = "#e8f0d8"
+    hook_class = M2mHook
 
     def __init__(
         self,
@@ -121,10 +122,10 @@ class SmsDeliverySensor(BaseSensorOperator):
         self.deferrable = deferrable
         self._watch: DeliveryWatch | None = None
 
-    @cached_property
-    def hook(self) -> M2mHook:
-        """The SIM Insight hook, polling politely (one attempt per query per poke)."""
-        return M2mHook(m2m_conn_id=self.m2m_conn_id, retry_policy=POLL_RETRY_POLICY)
+    @property
+    def hook_parameters(self) -> dict[str, Any]:
+        """The SIM Insight hook polls politely: one attempt per query per poke."""
+        return {**super().hook_parameters, "retry_policy": POLL_RETRY_POLICY}
 
     def execute(self, context: Context) -> Any:
         with bad_input_fails_task():
@@ -191,7 +192,8 @@ class SmsDeliverySensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         watch = self._watch
-        assert watch is not None, "execute() builds the watch"
+        if watch is None:  # an explicit check, not an assert: ``python -O`` strips asserts
+            raise RuntimeError("SmsDeliverySensor.poke() runs from execute(), which builds the watch first")
         with bad_input_fails_task():
             self.hook.fetch_connection()  # on this thread, outside the event loop
             asyncio.run(
@@ -262,3 +264,6 @@ class SmsDeliverySensor(BaseSensorOperator):
         shown = "; ".join(f"{r['iccid']} {r['sms_uid']}: {r['state']}" for r in unsettled[:20])
         more = f" and {len(unsettled) - 20} more" if len(unsettled) > 20 else ""
         self.log.warning("%d of %d messages not delivered or failed yet: %s%s", len(unsettled), len(rows), shown, more)
+
+
+__all__ = ["SmsDeliverySensor"]

@@ -83,3 +83,17 @@ class SmsLedger:
         finally:
             self.round_trips += 1
             self.store_seconds += time.perf_counter() - started
+
+
+def warn_if_retry_comes_too_soon(retries: int, retry_delay: float, timeout: float, log: logging.Logger) -> None:
+    """
+    Warn when a task's ``retry_delay`` (seconds) is shorter than the connection's ``timeout``: a retry could
+    look a SIM up before the platform finished a request whose answer was lost, and send it again.
+    """
+    if retries and retry_delay < timeout:
+        log.warning(
+            "retry_delay (%.0fs) is shorter than the connection's timeout (%.0fs): a retry could look a SIM "
+            "up before the platform finished a request whose answer was lost, and send it again",
+            retry_delay,
+            timeout,
+        )

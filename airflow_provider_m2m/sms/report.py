@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import closing
 from typing import Any
 
-from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.utils.files import read_csv, report_folder, write_csv
+from airflow_provider_m2m.utils.fleet_file import read_fleet
 
 #: Columns of a batch's outcome file (SendSmsOperator's rows).
 OUTCOME_COLUMNS = ("iccid", "sms_uid", "outcome", "error")
@@ -59,19 +58,8 @@ def fleet_iccids(fleet_uri: str) -> Iterator[str]:
 
     :raises InvalidRequestError: no such file, no ``iccid`` column, or a bad ICCID (naming the line).
     """
-    try:
-        rows = read_csv(fleet_uri)
-        first = next(rows, None)
-    except FileNotFoundError:
-        raise InvalidRequestError("fleet_uri", "no such file", fleet_uri) from None
-    if first is None:
-        return
-    if "iccid" not in first:
-        raise InvalidRequestError(f"fleet_uri {fleet_uri} line 1", "the header has no iccid column", ",".join(first))
-    yield iccid_rules.validate(first["iccid"], field=f"fleet_uri {fleet_uri} line 2: iccid")
-    with closing(rows):
-        for line, row in enumerate(rows, start=3):
-            yield iccid_rules.validate(row["iccid"], field=f"fleet_uri {fleet_uri} line {line}: iccid")
+    for line, row in enumerate(read_fleet(fleet_uri, label="fleet_uri"), start=2):
+        yield iccid_rules.validate(row["iccid"], field=f"fleet_uri {fleet_uri} line {line}: iccid")
 
 
 def write_batches(folder: str, numbers: list[str], batch_size: int) -> list[int]:

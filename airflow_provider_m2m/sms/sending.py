@@ -19,15 +19,20 @@ import aiohttp
 
 from airflow_provider_m2m.exceptions import (
     AuthenticationError,
+    InvalidRequestError,
     M2mApiError,
     M2mProviderError,
     OutcomeUnknownError,
+    RetryToSettleError,
     TransientError,
 )
 from airflow_provider_m2m.hooks.m2m import M2mHook
+from airflow_provider_m2m.protocol import iccid as iccid_rules
+from airflow_provider_m2m.protocol import sms
 from airflow_provider_m2m.sms.ledger import FAILED, PENDING, SENT, SmsLedger
 from airflow_provider_m2m.utils import batches
 from airflow_provider_m2m.utils.progress import Progress
+from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
 #: How the progress line counts the rows' outcomes (``success``, ``failed``, ``unknown``), the good one first.
 COUNTED_AS = {"success": "sent", "failed": "failed", "unknown": "unknown"}
@@ -61,6 +66,49 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """
+    What a send task was asked to do, every part checked.
+
+    :param numbers: the distinct SIMs, in input order (a SIM listed twice gets one message).
+    :param listed: how many SIMs were listed, duplicates included.
+    :param message: the message every SIM gets.
+    :param fixed_uid: the ``sms_uid`` the DAG author fixed (one SIM only), or None: one uid per SIM.
+    """
+
+    numbers: list[str]
+    listed: int
+    message: Message
+    fixed_uid: str | None
+
+    def uid_maker(self, ti: object) -> Callable[[str], str]:
+        """Each SIM's ``sms_uid``: the fixed one, or derived from the run, task, map index and ICCID (a retry
+        reuses it, so the platform's SMS history tells whether an earlier try's message went out)."""
+        at = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)  # type: ignore[attr-defined]
+        return lambda number: self.fixed_uid or sms.make_uid(*at, number)
+
+
+def checked_batch(
+    iccids: object, message_text: object, data_coding: object, origin: object, sms_uid: object
+) -> Batch:
+    """
+    Check everything a send is given (every ICCID, the text against the GSM 7-bit rules, data coding, origin,
+    uid) before anything is sent. An empty list is no error (e.g. no SIM moved today).
+
+    :raises InvalidRequestError: naming the field and the rule.
+    """
+    listed = iccid_rules.validate_many(iccids, allow_empty=True)
+    numbers = list(dict.fromkeys(listed))
+    coding = sms.validate_data_coding(data_coding)
+    text = sms.validate_message(message_text, coding)
+    checked_origin = sms.validate_origin(origin) if origin not in (None, "") else None
+    if sms_uid not in (None, "") and len(numbers) > 1:
+        raise InvalidRequestError("sms_uid", "a fixed sms_uid is only allowed with one SIM (uids must be unique)")
+    fixed_uid = sms.validate_uid(sms_uid) if sms_uid not in (None, "") else None
+    return Batch(numbers, len(listed), Message(text, coding, checked_origin), fixed_uid)
+
+
+@dataclass(frozen=True)
 class Sent:
     """
     How a send ended.
@@ -73,6 +121,34 @@ class Sent:
 
     rows: list[dict[str, str | None]]
     refused: set[str]
+
+    def unsent(self) -> list[dict[str, str | None]]:
+        """The rows of the SIMs not confirmed sent."""
+        return [row for row in self.rows if row["outcome"] != "success"]
+
+    def raise_unless_all_sent(self) -> None:
+        """
+        Fail the task, listing the SIMs (20 at most), when any SIM is not confirmed sent: retryably
+        (:class:`~airflow_provider_m2m.exceptions.RetryToSettleError`) when an outcome is unknown or every
+        attempt was turned away, so a retry settles them without duplicates; without retries
+        (``AirflowFailException``) when the only failures are SIMs the platform refused: resending cannot help.
+        """
+        bad = self.unsent()
+        if not bad:
+            return
+        listed = "; ".join(f"{row['iccid']}: {row['outcome']} ({row['error']})" for row in bad[:20])
+        listed += f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        retried = [row for row in bad if row["iccid"] not in self.refused]
+        if not retried:
+            raise AirflowFailException(
+                f"{len(bad)} of {len(self.rows)} SMS refused by the platform for good, after every SIM was tried: "
+                f"{listed}. Not retried: resending cannot help; fix or remove these SIMs."
+            )
+        refused = f" {len(self.refused)} refused for good are never resent." if self.refused else ""
+        raise RetryToSettleError(
+            f"{len(bad)} of {len(self.rows)} SMS not confirmed sent: {listed}. A retry resends only to "
+            f"the {len(retried)} SIMs not confirmed (checking the platform's SMS history first).{refused}"
+        )
 
 
 def send_once_each(

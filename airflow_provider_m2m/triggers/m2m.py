@@ -168,3 +168,6 @@ class SmsDeliveryTrigger(BaseTrigger):
 
         await asyncio.to_thread(write_deliveries, self.output_uri, watch.report())
         return {"status": status, "message": message, "output_uri": self.output_uri, "counts": watch.tally()}
+
+
+__all__ = ["SmsDeliveryTrigger"]

@@ -31,10 +31,9 @@ try:
 except ImportError:  # Airflow 3.1: timetables are not in the task SDK yet
     from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[no-redef]
 
-try:
-    from airflow.sdk import conf
-except ImportError:  # Airflow 3.1: the task SDK does not re-export the configuration yet
-    from airflow.configuration import conf  # type: ignore[no-redef]
+# The configuration as Airflow's provider checks ask providers to import it (never airflow.configuration):
+# common-compat picks the task SDK's where it exists and falls back on Airflow 3.1.
+from airflow.providers.common.compat.sdk import conf
 
 try:
     from airflow.sdk.log import amask_secret

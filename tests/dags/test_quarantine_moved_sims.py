@@ -27,15 +27,21 @@ pytestmark = pytest.mark.airflow
 @pytest.fixture(autouse=True)
 def hitl_trigger_answered_in_dag_test(monkeypatch):
     """
+    Give ``dag.test()`` what a running Airflow has, and tell the approval step so (``DAG_TEST_ANSWERED``;
+    without it the step fails at once under ``dag.test()``, see ``test_dags_test_of_the_approval_fails_at_once``).
+
     Before Airflow 3.3 a HITL step defers to ``HITLTrigger``, which reads and writes the answer through two
     messages only the triggerer's supervisor handles (``GetHITLDetailResponse``, ``UpdateHITLDetail``).
     ``dag.test()`` runs the trigger in-process, and its in-process supervisor answers neither (the trigger
     then fails on ``None``). Give it the triggerer's own handling: the same execution-API calls, so the
-    answer still travels REST API -> metadata DB -> execution API -> trigger. Airflow 3.3 needs nothing
-    (the step waits in ``awaiting_input`` with no trigger).
+    answer still travels REST API -> metadata DB -> execution API -> trigger. On Airflow 3.3 the step waits
+    in ``awaiting_input`` with no trigger; the answer comes through the REST API, and the test that lets the
+    request time out sweeps as the scheduler does.
     """
+    from airflow_provider_m2m.operators import approval
     from airflow_provider_m2m.utils.version_compat import AIRFLOW_V_3_3_PLUS
 
+    monkeypatch.setattr(approval, "DAG_TEST_ANSWERED", True)
     if AIRFLOW_V_3_3_PLUS:
         return
     from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult
@@ -241,3 +247,64 @@ def test_a_night_without_changes_asks_nobody_and_suspends_nothing(sb, dags_folde
     assert set(states(dr).values()) == {"success"}
     assert sb.received() == []
     assert actions(report)["decision"] == "nothing to decide: no SIM changed device"
+
+
+def test_at_most_max_offered_sims_are_offered_and_the_rest_listed(sb, dags_folder, tmp_path, api, capfd):
+    """Past ``max_offered`` the SIMs are not offered: listed under ``not_offered``, with a warning, never suspended."""
+    sims = active_sims(sb, 3)
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
+    source = DAG_FILE.read_text().replace("max_offered=200", "max_offered=2")
+    assert source != DAG_FILE.read_text()
+    reviewer = Reviewer(api, {"chosen_options": ["Approve"], "params_input": {"iccids": sims}})  # asks for all 3
+    dr = run_dag(dags_folder, report, reviewer, source)
+
+    assert reviewer.request["params"]["iccids"]["schema"]["examples"] == sims[:2]
+    assert sims[2] not in reviewer.request["body"]
+    assert xcom(dr, "approve_suspension", key="not_offered") == [sims[2]]
+    assert [e["iccid"] for e in sb.received("set_status")] == sims[:2]  # an unoffered SIM cannot be approved
+    assert sb.state.statuses.get(sims[2]) == "active"
+    done = actions(report)
+    assert done["offered"] == sims[:2] and done["not_offered"] == [sims[2]] and done["approved"] == sims[:2]
+    out = capfd.readouterr()  # task logs go through structlog to stdout
+    assert "3 SIMs listed, only the first 2 offered (max_offered)" in out.out + out.err
+
+
+@pytest.mark.parametrize("value", [0, 1001, "many"])
+def test_max_offered_is_checked_before_anyone_is_asked(value):
+    from airflow_provider_m2m.operators.approval import ApproveSimsOperator
+    from airflow_provider_m2m.utils.version_compat import AirflowFailException
+
+    op = ApproveSimsOperator(task_id="a", sims=[{"iccid": "8925401000000000001"}], subject="s", max_offered=value)
+    with pytest.raises(AirflowFailException, match=r"^max_offered: must be an integer from 1 to 1000"):
+        op.execute({"ti": None})
+
+
+def test_dags_test_of_the_approval_fails_at_once(sb, dags_folder, tmp_path, airflow_db):
+    """
+    ``airflow dags test`` (the real CLI, in its own process, without this module's fixture) fails the approval
+    step at once, saying how to try it; nothing is asked, approved or suspended.
+    """
+    import os
+    import subprocess
+    import sys
+
+    sims = active_sims(sb, 2)
+    report = write_report(tmp_path / "night" / "imei_changes.csv", sb, sims)
+    load_dag(dags_folder, DAG_FILE.read_text(), DAG_ID)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "-c", json.dumps({"report_csv": report})],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ,
+    )
+    took = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert "cannot ask a person under `airflow dags test`" in output, output[-3000:]
+    assert "`airflow standalone`" in output and "a triggerer" in output
+    assert took < 120, took  # at once: no waiting for an answer nobody can give
+    assert sb.received("set_status") == [] and all(sb.state.statuses.get(i) == "active" for i in sims)
+    assert json.loads(Path(report.removeprefix("file://")).with_name("quarantine_actions.json").read_text())[
+        "outcomes"
+    ] == []

@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 
+import pytest
 from conftest import load_dag
 from test_m2m_operators import states, xcom
 
@@ -51,11 +52,11 @@ def test_each_outcome_per_sim_in_xcom_and_closed_sims_never_touched(sb, dags_fol
         dags_folder,
         "set_status_outcomes",
         {
-            "suspend": f"iccids={[*active, deactivated[0], *closed, active[0]]!r}",
+            "suspend": f"iccids={[*active, deactivated[0], *closed, active[0]]!r}, status='deactivated'",
             "reactivate": f"iccids={deactivated[1]!r}, status='Active'",
-            "nothing": "iccids=[]",
+            "nothing": "iccids=[], status='deactivated'",
             "bad_status": f"iccids={[untouched]!r}, status='closed'",
-            "bad_iccid": f"iccids={[untouched, '12345']!r}",
+            "bad_iccid": f"iccids={[untouched, '12345']!r}, status='deactivated'",
         },
     )
     assert states(dr) == {
@@ -91,7 +92,8 @@ def test_unknown_outcome_is_settled_by_reading_the_status_back(sb, dags_folder, 
     conn_id = short_timeout_connection(monkeypatch, sb)
     (iccid,) = sims(sb, "active", 1)
     sb.state.statuses.answer_late(1.5)  # carried out, but answered after the client gave up
-    dr = run(dags_folder, "set_status_unknown", {"suspend": f"iccids={[iccid]!r}, m2m_conn_id={conn_id!r}"})
+    task = f"iccids={[iccid]!r}, status='deactivated', m2m_conn_id={conn_id!r}"
+    dr = run(dags_folder, "set_status_unknown", {"suspend": task})
     assert states(dr) == {("suspend", -1): "success"}
     assert xcom(dr, "suspend")[0] == {
         "iccid": iccid,
@@ -113,7 +115,7 @@ def test_faults_change_no_sim_twice_and_a_rerun_finishes_the_job(sb, dags_folder
     sb.inject("503", rate=0.1)
     sb.inject("drop", rate=0.1)
     sb.inject("drop_after", rate=0.1)
-    first = run(dags_folder, "set_status_faults", {"suspend": f"iccids={iccids!r}"})
+    first = run(dags_folder, "set_status_faults", {"suspend": f"iccids={iccids!r}, status='deactivated'"})
     rows = (
         xcom(first, "suspend", key="outcomes") if states(first)[("suspend", -1)] == "failed" else xcom(first, "suspend")
     )
@@ -122,7 +124,7 @@ def test_faults_change_no_sim_twice_and_a_rerun_finishes_the_job(sb, dags_folder
         assert sb.state.statuses.get(row["iccid"]) == ("deactivated" if row["outcome"] == "changed" else "active")
         assert row["outcome"] in ("changed", "failed") and (row["error"] is None) == (row["outcome"] == "changed")
     sb.clear_faults()
-    second = run(dags_folder, "set_status_faults", {"suspend": f"iccids={iccids!r}"})
+    second = run(dags_folder, "set_status_faults", {"suspend": f"iccids={iccids!r}, status='deactivated'"})
     assert states(second) == {("suspend", -1): "success"}
     again = {row["iccid"]: row["outcome"] for row in xcom(second, "suspend")}
     assert again == {row["iccid"]: "unchanged" if row["outcome"] == "changed" else "changed" for row in rows}
@@ -130,6 +132,9 @@ def test_faults_change_no_sim_twice_and_a_rerun_finishes_the_job(sb, dags_folder
     assert max(processed_sets(sb).values()) == 1  # no SIM was changed twice
 
 
-def test_operator_is_templated_and_defaults_to_deactivated():
-    op = SetSimStatusOperator(task_id="t", iccids="{{ params.iccids }}")
-    assert op.status == "deactivated" and {"iccids", "status", "m2m_conn_id", "max_workers"} <= set(op.template_fields)
+def test_status_is_required_and_templated():
+    """Written without ``status``, the task fails to parse, naming the field: it never suspends SIMs by default."""
+    with pytest.raises(TypeError, match="missing keyword argument 'status'"):
+        SetSimStatusOperator(task_id="t", iccids="{{ params.iccids }}")
+    op = SetSimStatusOperator(task_id="t", iccids="{{ params.iccids }}", status="{{ params.status }}")
+    assert {"iccids", "status", "m2m_conn_id", "max_workers"} <= set(op.template_fields)

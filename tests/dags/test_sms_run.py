@@ -142,7 +142,7 @@ def test_dry_run_sends_nothing_and_reports_every_sim(sb, dags_folder, tmp_path):
         ('["8925401551663717897"]', "We\u2019ll update tonight", "",
          "Nothing sent: message_text: character '\u2019' (U+2019) at position 2 is not in the GSM 7-bit"),
         ("None", "Hello", "fleet_uri='file:///nowhere/fleet.csv',",
-         "Nothing sent: fleet_uri: no such file (got file:///nowhere/fleet.csv)"),
+         "Nothing sent: fleet_uri file:///nowhere/fleet.csv: no such file: check the URI"),
     ],
     ids=["bad-iccid", "non-gsm-text", "missing-fleet-file"],
 )  # fmt: skip

@@ -51,9 +51,8 @@ class PushAirflow:
 
 @pytest.fixture(scope="session")
 def push_airflow(tmp_path_factory) -> PushAirflow:
+    # Airflow's default settings (lazy provider discovery): the receiver loads through its entry point.
     env = {
-        # Provider plugins are only loaded when providers are discovered eagerly (see the README).
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         "AIRFLOW_CONN_M2M_PUSH_DEFAULT": json.dumps({"conn_type": "generic", "password": PASSPHRASE}),
     }
     server = AirflowServer(tmp_path_factory.mktemp("push-airflow"), extra_env=env, components=COMPONENTS)

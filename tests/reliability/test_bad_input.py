@@ -333,3 +333,18 @@ def test_iccids_uri_bad_input_sends_nothing(sb, tmp_path, case, expected):
     assert re.match(expected.format(uri=re.escape(uri or "")), str(info.value)), str(info.value)
     assert sb.stats()["requests"] == 0
 
+
+def test_iccids_uri_takes_an_iccid_column_in_capitals(sb, tmp_path):
+    """``ICCID`` is the iccid column too (any case), as in every fleet file."""
+    good = sb.fleet.iccids[:3]
+    uri = _iccid_file(tmp_path, [f"{i},truck" for i in good], header="ICCID,asset_name")
+    pushed = {}
+
+    class Ti:  # the one call the operator makes on its task instance outside a DAG run
+        def xcom_push(self, key, value):
+            pushed[key] = value
+
+    rows = QueryImeiOperator(task_id="t", iccids_uri=uri).execute({"ti": Ti()})
+    assert sorted(row["iccid"] for row in rows) == sorted(good) and not any(row["error"] for row in rows)
+    assert sb.stats()["requests"] == 3 and "changed_iccids" in pushed
+

@@ -85,3 +85,23 @@ def test_the_merge_streams_in_rounds_and_keeps_key_order(tmp_path, monkeypatch):
     merged = [row["iccid"] for row in files.merged_csv(uris, (tmp_path / "work").as_uri(), ["iccid"])]
     assert merged == sorted(values)
     assert not list((tmp_path / "work").glob("*")) and all(Path(u[7:]).exists() for u in uris)
+
+
+def test_a_fleet_file_without_an_iccid_column_fails_on_its_header_line(tmp_path):
+    """The audit's plan says what QueryImeiOperator(iccids_uri=...) says of the same file: line 1, the header."""
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("sim,asset_name\n8925401000000000001,truck-1\n")
+    with pytest.raises(InvalidRequestError) as info:
+        plan_fleet(fleet.as_uri(), tmp_path.as_uri(), NIGHT, 7)
+    assert str(info.value) == f"fleet file {fleet.as_uri()} line 1: the header has no iccid column (got sim,asset_name)"
+
+
+def test_a_fleet_file_may_name_its_iccid_column_in_capitals(tmp_path):
+    """``ICCID`` (any case) is the iccid column; the batch files carry it as ``iccid``, other columns as they are."""
+    iccids = _iccids(10)
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("ICCID,Asset_Name\n" + "".join(f"{iccid},truck-{n}\n" for n, iccid in enumerate(iccids)))
+    plan = plan_fleet(fleet.as_uri(), tmp_path.as_uri(), NIGHT, 100)
+    rows = _rows(batch_uris(night_folder(tmp_path.as_uri(), NIGHT), 0)["iccids_uri"])
+    assert plan == [{"batch": 0, "sims": 10}]
+    assert sorted(r["iccid"] for r in rows) == sorted(iccids) and {r["Asset_Name"][:6] for r in rows} == {"truck-"}

@@ -141,3 +141,31 @@ def test_the_ui_builds_both_connection_forms_on_this_airflow_version():
             declared_types = field["schema"]["type"]
             if "boolean" in declared_types:  # a checkbox on every version
                 assert "boolean" in extras[name]["schema"]["type"]
+
+
+_PLUGINS = """
+import json
+from airflow import plugins_manager
+plugins, errors = plugins_manager._get_plugins()
+apps = [app["url_prefix"] for app in plugins_manager.get_fastapi_plugins()[0]]
+print(json.dumps({"plugins": [p.name for p in plugins], "errors": errors, "apps": apps}))
+"""
+
+
+@pytest.mark.airflow
+@pytest.mark.parametrize("lazy", ["True", "False"])
+def test_the_push_receiver_plugin_loads_exactly_once(lazy):
+    """
+    The api-server's plugins, as a fresh api-server loads them: Airflow's default lazy provider discovery
+    (the ``airflow.plugins`` entry point alone) and eager discovery (which also loads provider-info plugins:
+    listed there too, the receiver would be registered twice, the second reported as an import error).
+    """
+    (ep,) = [ep for ep in entry_points(group="airflow.plugins") if ep.dist.name == "airflow-provider-m2m"]
+    assert ep.value == "airflow_provider_m2m.plugins.sim_insight_push:SimInsightPushPlugin"
+    env = {**os.environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy}
+    result = subprocess.run([sys.executable, "-c", _PLUGINS], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert loaded["plugins"].count("sim_insight_push") == 1, loaded
+    assert loaded["apps"].count("/sim-insight") == 1, loaded
+    assert not [error for error in loaded["errors"].values() if "sim_insight_push" in error], loaded["errors"]

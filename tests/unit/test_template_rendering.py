@@ -35,7 +35,10 @@ def _rendered(op, dag, **params):
 )
 def test_plain_strings_stay_as_they_are_and_templates_still_render(operator, field, values):
     with DAG("rendering", schedule=None, start_date=START) as dag:
-        extra = {"message_text": "Hi\r\n{{ ds }}"} if operator is SendSmsOperator else {}
+        extra = {
+            SendSmsOperator: {"message_text": "Hi\r\n{{ ds }}"},
+            SetSimStatusOperator: {"status": "deactivated"},
+        }.get(operator, {})
         op = operator(task_id="t", **{field: [*values, "{{ params.one }}", "{# a comment #}x"]}, **extra)
     rendered = getattr(_rendered(op, dag, one=values[0]), field)
     assert rendered == [*values, values[0], "x"]

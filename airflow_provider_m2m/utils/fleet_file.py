@@ -1,0 +1,72 @@
+"""
+The fleet file: a CSV on object storage with one SIM per row, read the same way everywhere.
+
+The rule, in one place: line 1 is a header with exactly one ``iccid`` column, named in any case (``iccid``,
+``ICCID``, ``Iccid``); any other columns are kept as they are. Every reader of a fleet or batch file
+(``QueryImeiOperator(iccids_uri=...)``, the fleet audit's plan, the SMS run) goes through :func:`read_fleet`,
+so a header without the column fails with the same message wherever the file is read, naming the file, line 1,
+the rule and the header it found, before anything is sent. What each row's ICCID must look like is the
+reader's own rule (:mod:`airflow_provider_m2m.protocol.iccid`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing
+
+from airflow_provider_m2m.exceptions import InvalidRequestError
+
+#: The key each row's ICCID is under, whatever the header's spelling.
+ICCID = "iccid"
+
+
+def fleet_columns(header: list[str], source: str) -> list[str]:
+    """
+    The header's columns with the ICCID column named ``iccid``.
+
+    :param header: line 1 of the file, as read.
+    :param source: how messages name the file, e.g. ``fleet file s3://fleet/fleet.csv``.
+    :raises InvalidRequestError: no ``iccid`` column (in any case), or more than one.
+
+    >>> fleet_columns(["ICCID", "asset_name"], "fleet file f.csv")
+    ['iccid', 'asset_name']
+    >>> fleet_columns(["sim", "asset_name"], "fleet file f.csv")
+    Traceback (most recent call last):
+        ...
+    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file f.csv line 1: the header has no iccid column \
+(got sim,asset_name)
+    """
+    found = [n for n, name in enumerate(header) if name.casefold() == ICCID]
+    if not found:
+        raise InvalidRequestError(f"{source} line 1", "the header has no iccid column", ",".join(header) or "nothing")
+    if len(found) > 1:
+        raise InvalidRequestError(f"{source} line 1", "the header has more than one iccid column", ",".join(header))
+    return [ICCID if n == found[0] else name for n, name in enumerate(header)]
+
+
+def read_fleet(uri: str, *, label: str = "fleet file") -> Iterator[dict[str, str]]:
+    """
+    Stream the rows of a fleet file as dicts, each SIM's ICCID under the key ``iccid`` (cells stripped, blank
+    lines skipped); the header is checked before the first row is yielded (also for a file without rows).
+
+    :param uri: the file's object-storage URI (``file://``, ``s3://``...).
+    :param label: how messages name the file, before its URI: the argument that gave it (``iccids_uri``) or
+        ``fleet file``.
+    :raises InvalidRequestError: ``<label> <uri> line 1: the header has no iccid column (got <header>)``, or
+        ``<label> <uri>: no such file`` (a missing file is bad input: retrying cannot make it appear).
+    """
+    from airflow_provider_m2m.utils.files import read_csv
+
+    source = f"{label} {uri}"
+    rows = read_csv(uri, lambda header: fleet_columns(header, source))
+    with closing(rows):  # closes the file also when the caller stops early
+        try:
+            first = next(rows, None)  # opens the file and checks the header
+        except FileNotFoundError:
+            raise InvalidRequestError(source, "no such file: check the URI") from None
+        if first is not None:
+            yield first
+            yield from rows
+
+
+__all__ = ["ICCID", "fleet_columns", "read_fleet"]
