@@ -116,7 +116,7 @@ class Sandbox(SandboxControls):
         return self._bound().server_address[1]
 
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # type: ignore[override]  # read-only: it follows the socket, bound on first use
         """Base URL, e.g. ``http://127.0.0.1:54321`` (both platforms and the control API)."""
         return f"http://{self._address[0]}:{self.port}"
 

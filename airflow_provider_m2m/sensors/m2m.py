@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
@@ -179,7 +179,7 @@ class SmsDeliverySensor(BaseSensorOperator):
                 poll_round(
                     self.hook,
                     watch,
-                    budget=self.max_requests_per_poke,
+                    budget=cast(int, self.max_requests_per_poke),  # sized by execute(), before any poke
                     lastx=self.lastx,
                     max_workers=self.max_workers,
                     log=self.log,
