@@ -35,7 +35,8 @@ def main() -> int:
     args = parser.parse_args()
 
     home = new_airflow_home("m2m-fleet-bench-")
-    os.environ.update({**airflow_home_env(home, dags_folder=ROOT / "airflow_provider_m2m" / "example_dags"), "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024"})
+    dags = ROOT / "airflow_provider_m2m" / "example_dags"
+    os.environ.update({**airflow_home_env(home, dags_folder=dags), "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024"})
     from airflow.utils import db
 
     db.initdb()

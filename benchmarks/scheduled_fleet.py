@@ -4,9 +4,9 @@ The nightly fleet audit on a real scheduler, and where its time goes: platform f
     .venv/bin/python benchmarks/scheduled_fleet.py [--fleet 20000] [--platform-rate 200] [--pool 4]
         [--client-rate 47.5] [--latency 0.05] [--batch-size 5000 | --batch-size auto] [--workers 16]
 
-A throwaway Airflow home with the project's ``airflow_provider_m2m/example_dags/``: api-server, scheduler and dag-processor as separate
-processes (LocalExecutor, SQLite), the ``m2m_platform`` pool of ``--pool`` slots, the connection's
-``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
+A throwaway Airflow home with the project's ``airflow_provider_m2m/example_dags/``: api-server, scheduler and
+dag-processor as separate processes (LocalExecutor, SQLite), the ``m2m_platform`` pool of ``--pool`` slots, the
+connection's ``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
 limit of ``--platform-rate`` requests/s) in another process. The run is triggered through the REST API with
 the data interval of last night's scheduled run, then the DAG is unpaused (the scheduler sees that night's
 run exists and makes no other). The clock runs from the trigger to the end of ``build_report``.

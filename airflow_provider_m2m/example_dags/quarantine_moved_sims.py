@@ -80,7 +80,7 @@ with DAG(
 
     suspend = SetSimStatusOperator(task_id="suspend", iccids=approve.output["approved_iccids"], status="deactivated")
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", multiple_outputs=False)  # one XCom: the summary dict, not one per key
     def report_actions(found: dict, ti=None) -> dict:
         """Write down what was decided and done, SIM by SIM; also when rejected, timed out, or nothing moved."""
         import json

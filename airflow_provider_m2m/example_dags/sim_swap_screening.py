@@ -93,7 +93,7 @@ with DAG(
         on_recent_swap="{{ params.on_recent_swap }}",
     )
 
-    @task
+    @task(multiple_outputs=False)  # one XCom: the summary dict, not one per key
     def write_report(rows: list[dict], params=None, run_id=None) -> dict:
         """Write the numbers swapped within the window (and failed checks) as CSV."""
         from airflow_provider_m2m.utils.files import report_folder, write_csv

@@ -162,7 +162,7 @@ with DAG(
         """One row per SIM: what the send did (from each batch, even a failed one), or dry_run."""
         if params["dry_run"]:
             return [{"iccid": i, "sms_uid": None, "outcome": "dry_run", "error": None} for b in batches for i in b]
-        rows = []
+        rows: list[dict] = []
         for index, batch in enumerate(batches):
             rows += (
                 ti.xcom_pull(task_ids="send_sms", map_indexes=index)
@@ -193,7 +193,7 @@ with DAG(
         soft_fail=True,
     ).expand_kwargs(delivery_wait(outcomes))
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", multiple_outputs=False)  # one XCom: the summary dict, not one per key
     def write_report(rows: list[dict], params=None, ti=None, run_id=None) -> dict:
         """Write the per-SIM report; fail the run if any SIM was not confirmed sent."""
         from airflow_provider_m2m.utils.files import report_folder, write_csv
