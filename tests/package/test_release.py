@@ -143,7 +143,7 @@ def test_the_metadata_names_the_project_and_its_contact(dist):
     assert "Author-email: " in metadata
     urls = {line.split(": ", 1)[1].split(",")[0] for line in metadata.splitlines() if line.startswith("Project-URL")}
     assert {"Documentation", "Source", "Issues", "Changelog"} <= urls
-    assert "Requires-Dist: apache-airflow-providers-standard>=1.8.0" in metadata
+    assert "Requires-Dist: apache-airflow-providers-standard>=1.12.2" in metadata
     assert "apache-airflow-providers-http" not in metadata  # the hooks own their transport
 
 
