@@ -26,8 +26,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(PIN)
 	touch $(STAMP)
 
+# ruff (with Airflow's AIR rules), bandit (medium severity and up) and mypy (Airflow's settings, [tool.mypy]; its
+# cache in .mypy_cache makes a rerun take seconds). mypy checks the types against one Airflow, the default: the
+# version gates in utils/version_compat.py are typed for it, and the side-by-side CI runs of the other versions
+# would share the cache.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/bandit -c pyproject.toml -q -r airflow_provider_m2m -ll
+ifeq ($(AIRFLOW_VERSION),$(DEFAULT_AIRFLOW_VERSION))
+	$(BIN)/mypy
+endif
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
@@ -98,4 +106,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf .venv .venv-* .airflow .pytest_cache ui-screenshots docs/_build
+	rm -rf .venv .venv-* .airflow .pytest_cache .mypy_cache ui-screenshots docs/_build

@@ -126,7 +126,8 @@ with DAG(
         from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
 
         context = get_current_context()
-        folder = night_folder(context["params"]["report_base_uri"], context["data_interval_start"].date())
+        night = context["data_interval_start"].date()  # type: ignore[union-attr]  # a timetable's run has one
+        folder = night_folder(context["params"]["report_base_uri"], night)
         return batch_uris(folder, batch["batch"])
 
     # [START howto_fleet_imei_audit]
@@ -142,7 +143,8 @@ with DAG(
 
     # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a night
     # whose plan failed (bad input) stops there instead of retrying a report that has nothing to read.
-    @task(outlets=[REPORT_ASSET], trigger_rule="all_done_min_one_success")
+    # multiple_outputs=False: one XCom, the summary dict (a "-> dict" task would push each key as another XCom).
+    @task(outlets=[REPORT_ASSET], trigger_rule="all_done_min_one_success", multiple_outputs=False)
     def build_report(
         batches: list[dict], params=None, data_interval_start=None, data_interval_end=None, outlet_events=None
     ) -> dict:

@@ -96,7 +96,8 @@ def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batc
     first = next(rows, None)
     columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
     checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
-    plan, inputs = [], []
+    plan: list[dict[str, int]] = []
+    inputs: list[str] = []
     while batch := list(islice(checked, batch_size)):
         uri = batch_uris(folder, len(plan))["iccids_uri"]
         write_csv(uri, columns, sorted(batch, key=lambda row: row["iccid"]))

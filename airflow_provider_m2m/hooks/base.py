@@ -41,6 +41,10 @@ class PlatformHook(BaseHook):
     :param retry_policy: how transient failures are retried (defaults to :class:`RetryPolicy`).
     """
 
+    # Airflow's hook attributes, which each subclass sets (ProvidersManager refuses a hook without them).
+    conn_name_attr: str
+    conn_type: str
+
     #: Connection extras the platform cannot work without: ``{extra: rule}``, checked by :meth:`fetch_connection`.
     required_extras: dict[str, str] = {}
 
@@ -258,7 +262,7 @@ class PlatformHook(BaseHook):
     @asynccontextmanager
     async def batch_session(self, workers: int) -> AsyncIterator[aiohttp.ClientSession]:
         """One aiohttp session for a batch; its connection pool matches the concurrency."""
-        connector = aiohttp.TCPConnector(limit=workers, ssl=None if self.verify else False)
+        connector = aiohttp.TCPConnector(limit=workers, ssl=self.verify)
         timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
         # Proxy settings come from the environment like requests does, looked up once per batch
         # (aiohttp's trust_env repeats that lookup in a thread for every request).

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import BaseOperator
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.daraja import CHECK_PATH, DarajaHook
-from airflow_provider_m2m.operators.arguments import RendersOnlyTemplates, as_int, as_workers
+from airflow_provider_m2m.operators.arguments import as_int, as_workers
+from airflow_provider_m2m.operators.base import PlatformOperator
 from airflow_provider_m2m.protocol import msisdn as msisdn_rules
 from airflow_provider_m2m.protocol.msisdn import masked
 from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
@@ -27,7 +26,7 @@ ON_RECENT_SWAP = ("fail", "skip", "continue")
 BLOCKED_XCOM_KEY = "blocked_msisdns"
 
 
-class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
+class CheckSimSwapOperator(PlatformOperator[DarajaHook]):
     """
     Ask Daraja whether each number's SIM was swapped recently, before a risky action (payout, reset...).
 
@@ -70,6 +69,7 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
 
     template_fields: Sequence[str] = ("msisdns", "within_days", "on_recent_swap", "daraja_conn_id", "max_workers")
     ui_color = "#dff3d8"
+    hook_class = DarajaHook
 
     def __init__(
         self,
@@ -87,11 +87,6 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
         self.on_recent_swap = on_recent_swap
         self.daraja_conn_id = daraja_conn_id
         self.max_workers = max_workers
-
-    @cached_property
-    def hook(self) -> DarajaHook:
-        """The Daraja hook (built on first use, never at parse time)."""
-        return DarajaHook(daraja_conn_id=self.daraja_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with bad_input_fails_task():
@@ -146,3 +141,6 @@ class CheckSimSwapOperator(RendersOnlyTemplates, BaseOperator):
         if unchecked:
             parts.append(f"could not be checked (blocked, not assumed safe): {', '.join(masked(n) for n in unchecked)}")
         return "; ".join(parts)
+
+
+__all__ = ["CheckSimSwapOperator"]

@@ -295,7 +295,7 @@ class SendSmsOperator(PlatformOperator[M2mHook]):
                 batch.listed,
                 len(batch.numbers),
             )
-        warn_if_retry_comes_too_soon(self.retries, self.retry_delay.total_seconds(), self.hook.timeout, self.log)
+        warn_if_retry_comes_too_soon(self.retries or 0, self.retry_delay.total_seconds(), self.hook.timeout, self.log)
         ti = context["ti"]
         with bad_input_fails_task():  # refused credentials stop the run: retrying cannot help
             sent = send_once_each(

@@ -86,7 +86,8 @@ class SetSimStatusOperator(PlatformOperator[M2mHook]):
             self.hook.api_id  # noqa: B018 - a missing api_id is bad input too: fail before sending
             # Read every status before the first command: a bad connection fails here, having changed nothing.
             current = {record.iccid: record for record in self.hook.query_statuses(numbers, workers)}
-        rows, permanent = [], set()
+        rows: list[dict[str, Any]] = []
+        permanent: set[str] = set()
         for number in numbers:
             try:
                 row = self._apply(current[number], target, permanent)

@@ -130,12 +130,24 @@ def parse(body: bytes) -> PushPayload:
 
 
 def payload_of(root: etree._Element) -> PushPayload:
-    """The :class:`PushPayload` of an envelope :func:`parse_envelope` accepted."""
+    """
+    The :class:`PushPayload` of an envelope :func:`parse_envelope` accepted.
+
+    The rules every item shares are checked first (root, ``api_did``, ``iccid``, ``msisdn``, ``timestamp``, in
+    that order), then the ones of its type; the first broken rule is the error.
+    """
     kind = root.tag if isinstance(root.tag, str) else ""
     asset = ASSET_BY_ROOT.get(kind)
     if asset is None:
         raise PushPayloadError("not a SIM Insight push payload (unknown root element)")
     fields = {child.tag: (child.text or "").strip() or None for child in root if isinstance(child.tag, str)}
+    item = _common_item(kind, root, fields)
+    item.update(_ITEM_DETAILS[kind](kind, fields))
+    return PushPayload(asset=asset, item=item, passphrase=passphrase_of(root))
+
+
+def _common_item(kind: str, root: etree._Element, fields: dict[str, str | None]) -> dict:
+    """What every item carries: its type, ``api_did``, ``iccid``, ``msisdn`` and ``timestamp``, each checked."""
     api_did = (root.get("api_did") or "").strip()
     if not api_did or not api_did.isdigit():
         raise PushPayloadError("api_did: every item carries its api_did, digits only")
@@ -149,18 +161,36 @@ def payload_of(root: etree._Element) -> PushPayload:
     item: dict = {"payload": kind, "api_did": api_did, "iccid": iccid, "msisdn": msisdn}
     # A receipt's delivery time may come as <delivered_timestamp> (as in Query SMS-MT Details): UNVERIFIED.
     item["timestamp"] = _iso_time(fields.get("timestamp") or fields.get("delivered_timestamp"))
-    if kind == "post_sms":
-        item["text"] = fields.get("message_text") or ""
-    elif kind == "post_delivery_receipt":
-        item["sms_uid"] = fields.get("sms_uid")
-        item["status"] = (fields.get("status") or "").lower() or None
-        if item["sms_uid"] is None and item["status"] is None:
-            raise PushPayloadError("post_delivery_receipt: needs sms_uid or status")
-    else:
-        level, element = _ALERT_LEVELS[kind]
-        item["level"] = level
-        item["level_mb"] = _megabytes(fields.get(element), element)
-    return PushPayload(asset=asset, item=item, passphrase=passphrase_of(root))
+    return item
+
+
+def _mo_sms_details(kind: str, fields: dict[str, str | None]) -> dict:
+    """``post_sms``: the message text ('' when empty)."""
+    return {"text": fields.get("message_text") or ""}
+
+
+def _receipt_details(kind: str, fields: dict[str, str | None]) -> dict:
+    """``post_delivery_receipt``: the message's uid and status (lower case); at least one of them."""
+    sms_uid = fields.get("sms_uid")
+    status = (fields.get("status") or "").lower() or None
+    if sms_uid is None and status is None:
+        raise PushPayloadError("post_delivery_receipt: needs sms_uid or status")
+    return {"sms_uid": sms_uid, "status": status}
+
+
+def _alert_details(kind: str, fields: dict[str, str | None]) -> dict:
+    """``post_alert_sim_warning`` / ``post_alert_sim_limit``: the level crossed and its threshold in MB."""
+    level, element = _ALERT_LEVELS[kind]
+    return {"level": level, "level_mb": _megabytes(fields.get(element), element)}
+
+
+# Payload root -> the fields only its items carry, checked after the common ones. One entry per ASSET_BY_ROOT key.
+_ITEM_DETAILS = {
+    "post_sms": _mo_sms_details,
+    "post_delivery_receipt": _receipt_details,
+    "post_alert_sim_warning": _alert_details,
+    "post_alert_sim_limit": _alert_details,
+}
 
 
 def _iso_time(text: str | None) -> str | None:

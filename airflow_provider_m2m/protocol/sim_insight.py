@@ -67,6 +67,21 @@ def parse_response(command: str, body: bytes, secrets: Iterable[str] = ()) -> di
 
 def _parse(command: str, body: bytes, secrets: Iterable[str]) -> tuple[etree._Element, dict[str, str | None]]:
     """:func:`parse_response`, also giving back the root element for commands with repeated children."""
+    root = _response_root(command, body, secrets)
+    fields = _child_texts(root)
+    outcome = fields.get("api_outcome")
+    if outcome == "success":
+        return root, fields
+    if outcome != "failure":
+        raise ProtocolError(f"SIM Insight {command}: api_outcome is {outcome!r}: {excerpt(body, secrets)}")
+    description = _failure_description(fields, secrets)
+    if any(word in description.lower() for word in _AUTH_WORDS):
+        raise AuthenticationError(f"SIM Insight refused the credentials: {description}")
+    raise M2mApiError(command, description)
+
+
+def _response_root(command: str, body: bytes, secrets: Iterable[str]) -> etree._Element:
+    """The ``{command}_response`` root of a well-formed body without a DTD; ProtocolError for anything else."""
     if not body.strip():
         raise ProtocolError(f"SIM Insight {command}: empty response body")
     try:
@@ -82,15 +97,16 @@ def _parse(command: str, body: bytes, secrets: Iterable[str]) -> tuple[etree._El
     if root.getroottree().docinfo.internalDTD is not None or root.getroottree().docinfo.doctype:
         # The platform never sends a DTD; one here is an attack (XXE, entity bomb) or a proxy's page.
         raise ProtocolError(f"SIM Insight {command}: response carries a DTD; refused")
-    fields: dict[str, str | None] = {}
-    for child in root:
-        if isinstance(child.tag, str):
-            fields[child.tag] = (child.text or "").strip() or None
-    outcome = fields.get("api_outcome")
-    if outcome == "success":
-        return root, fields
-    if outcome != "failure":
-        raise ProtocolError(f"SIM Insight {command}: api_outcome is {outcome!r}: {excerpt(body, secrets)}")
+    return root
+
+
+def _child_texts(root: etree._Element) -> dict[str, str | None]:
+    """Each child element's stripped text by tag (empty as None); comments and processing instructions skipped."""
+    return {child.tag: (child.text or "").strip() or None for child in root if isinstance(child.tag, str)}
+
+
+def _failure_description(fields: dict[str, str | None], secrets: Iterable[str]) -> str:
+    """The platform's description of a failure, with any of ``secrets`` masked."""
     description = next(
         (text for tag, text in fields.items() if text and ("error" in tag or "description" in tag)), None
     )
@@ -101,9 +117,7 @@ def _parse(command: str, body: bytes, secrets: Iterable[str]) -> tuple[etree._El
     for secret in secrets:
         if secret:
             description = description.replace(secret, "***")
-    if any(word in description.lower() for word in _AUTH_WORDS):
-        raise AuthenticationError(f"SIM Insight refused the credentials: {description}")
-    raise M2mApiError(command, description)
+    return description
 
 
 _TIMESTAMP = re.compile(r"(\d{2})/(\d{2})/(\d{4}) (\d{2}):(\d{2}):(\d{2})")

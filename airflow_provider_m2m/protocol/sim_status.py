@@ -11,6 +11,7 @@ be read, never set, and a closed SIM must not be sent further calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from airflow_provider_m2m.exceptions import InvalidRequestError, ProtocolError
 from airflow_provider_m2m.protocol.values import as_text, shown
@@ -123,7 +124,10 @@ def sim_status(iccid: str, fields: dict[str, str | None]) -> SimStatus:
     return SimStatus(iccid=iccid, status=read_status(fields.get("status")))
 
 
-def _number(fields: dict[str, str | None], name: str, kind: type[int] | type[float]) -> int | float | None:
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(fields: dict[str, str | None], name: str, kind: type[_Number]) -> _Number | None:
     text = fields.get(name)
     if text is None:
         return None

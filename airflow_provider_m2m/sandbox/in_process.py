@@ -38,6 +38,8 @@ class Sandbox(SandboxControls):
     :param host: interface to bind (default 127.0.0.1).
     :param timeline_days: days after the anchor with device changes at known moments (see :class:`Fleet`;
         when ``fleet`` is a size). Set the platforms' clock with ``configure(now=...)``.
+    :param one_live_token: Daraja's rule that a new token invalidates the app's previous one (on by default, as on
+        the real platform; ``configure(one_live_token=False)`` turns it off later too).
     :param credentials: overrides of ``SANDBOX_CREDENTIALS`` (``m2m_username``, ``m2m_password``,
         ``m2m_api_id``, ``daraja_key``, ``daraja_secret``).
     """
@@ -55,6 +57,7 @@ class Sandbox(SandboxControls):
         sms_delivery_delay: float = 2.0,
         host: str = "127.0.0.1",
         timeline_days: int = 0,
+        one_live_token: bool = True,
         **credentials: str,
     ) -> None:
         if not isinstance(fleet, Fleet):
@@ -67,6 +70,7 @@ class Sandbox(SandboxControls):
             token_ttl=token_ttl,
             seed=seed,
             sms_delivery_delay=sms_delivery_delay,
+            one_live_token=one_live_token,
             **credentials,
         )
         self._address = (host, port)
@@ -116,7 +120,7 @@ class Sandbox(SandboxControls):
         return self._bound().server_address[1]
 
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # type: ignore[override]  # read-only: it follows the socket, bound on first use
         """Base URL, e.g. ``http://127.0.0.1:54321`` (both platforms and the control API)."""
         return f"http://{self._address[0]}:{self.port}"
 

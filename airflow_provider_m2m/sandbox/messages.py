@@ -6,6 +6,7 @@ import json
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
 XML_CT = "application/xml"
@@ -27,7 +28,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] | Message  # http.server's headers are an email Message
     body: bytes
 
     def query_value(self, name: str) -> str | None:

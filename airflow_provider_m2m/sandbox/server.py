@@ -184,7 +184,7 @@ def _fault_reply(fault: Fault, side: Any, entry: dict[str, Any]) -> Reply:
     if kind == "429":
         return side.too_many(int(math.ceil(fault.retry_after or 1)))
     if kind in ("502", "503", "504"):
-        headers = ()
+        headers: tuple[tuple[str, str], ...] = ()
         if fault.retry_after is not None:
             headers = (("Retry-After", str(int(math.ceil(fault.retry_after)))),)
         return side.server_error(HTTPStatus(int(kind)), headers)
@@ -207,7 +207,7 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: SandboxState) -> None:
         self.state = state
         super().__init__(address, _Handler)
-        host, port = self.server_address[:2]
+        host, port = self.socket.getsockname()[:2]  # an IPv4 address as text (server_address may be bytes)
         self.url = f"http://{host}:{port}"
 
     def handle_error(self, request: Any, client_address: Any) -> None:

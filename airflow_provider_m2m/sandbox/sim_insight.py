@@ -137,6 +137,7 @@ def answer(state: SandboxState, request: Request, root: etree._Element | None, e
         return Reply(200, _failure("unknown", "", "invalid content"))
     command = _attr_safe(root.tag)
     echo_id = _attr_safe(root.get("api_id") or "")
+    error: str | None
     if not _authenticated(state, root):
         error, fields = "authentication failed", ""
     elif (handler := COMMANDS.get(root.tag)) is None or root.get("version") != "1":
@@ -163,7 +164,7 @@ def _sim(state: SandboxState, root: etree._Element) -> tuple[str | None, str | N
 def query_imei(state: SandboxState, root: etree._Element, entry: dict[str, Any]) -> tuple[str | None, str]:
     """``query_imei``: the device the SIM sits in, when that changed, and the device before."""
     iccid, err = _sim(state, root)
-    if err:
+    if iccid is None:  # err says why
         return err, ""
     sim = state.fleet.as_of(iccid, state.now())
     state.count(state.c_imei, iccid)
@@ -207,7 +208,7 @@ def send_sms(state: SandboxState, root: etree._Element, entry: dict[str, Any]) -
         err = "invalid content"
     if not err and uid is not None and not _UID_RE.match(uid):
         err = "invalid content"
-    if err:
+    if err or iccid is None:  # iccid is None only with err set
         return err, ""
     if uid is None:
         uid = entry["sms_uid"] = random_alnum(12)
@@ -231,7 +232,7 @@ def send_sms(state: SandboxState, root: etree._Element, entry: dict[str, Any]) -
 def query_sms_mt_details(state: SandboxState, root: etree._Element, entry: dict[str, Any]) -> tuple[str | None, str]:
     """``query_sms_mt_details``: the last ``lastx`` (1-20, default 1) messages to the SIM, newest first."""
     iccid, err = _sim(state, root)
-    if err:
+    if iccid is None:  # err says why
         return err, ""
     lastx = _child_text(root, "lastx")
     if lastx is None or not lastx.strip():

@@ -106,7 +106,7 @@ def query_status(state: Any, root: etree._Element, entry: dict[str, Any]) -> tup
     """``query_status``: the SIM's status."""
     statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
-    if error:
+    if iccid is None:  # error says why
         return error, ""
     return None, f"<status>{statuses.get(iccid)}</status>"
 
@@ -115,7 +115,7 @@ def set_status(state: Any, root: etree._Element, entry: dict[str, Any]) -> tuple
     """``set_status``: ``active`` or ``de-activated``; anything else (``deactivated`` too) is ``invalid content``."""
     statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
-    if error:
+    if iccid is None:  # error says why
         return error, ""
     target = _SET_WORDS.get((_text(root, "status") or "").lower())
     if target is None:
@@ -131,7 +131,7 @@ def query_usage(state: Any, root: etree._Element, entry: dict[str, Any]) -> tupl
     """``query_usage``: this month's data (MB, 3 decimals), chargeable SMS and voice minutes."""
     statuses: SimStatuses = state.statuses
     iccid, error = _sim(statuses, root)
-    if error:
+    if iccid is None:  # error says why
         return error, ""
     draw = _draw(statuses.seed, iccid, "usage")
     data_mb, sms, voice = (draw % 500_000) / 1000, (draw >> 8) % 60, (draw >> 16) % 120

@@ -15,10 +15,13 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fleet import Fleet
 from .sim_status import SimStatuses
+
+if TYPE_CHECKING:
+    from .push import Pusher
 
 SANDBOX_CREDENTIALS: dict[str, str] = {
     "m2m_username": "sandbox-user",
@@ -139,7 +142,7 @@ class SandboxState:
         self.seed = int(d["seed"])
         self.rng = random.Random(self.seed)
         self.sms_delivery_delay = float(d["sms_delivery_delay"])
-        self.set_now = None  # the platforms' clock: the real one
+        self.set_now: datetime | None = None  # the platforms' clock: the real one
         self._set_rate(float(d["rate_limit"]))
 
     def _set_rate(self, rate: float) -> None:
@@ -235,7 +238,7 @@ class SandboxState:
     def _clear(self) -> None:
         # A sandbox.push.Pusher, set by the control call push_to: it pushes a receipt of every message that
         # settles, and the items of the control call push. Reset stops pushing.
-        self.pusher = None
+        self.pusher: Pusher | None = None
         self.faults: list[Fault] = []
         self.sms: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.statuses = SimStatuses(self.fleet.seed, self.fleet.by_iccid)

@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
@@ -200,7 +200,7 @@ class SmsDeliverySensor(PlatformHookMixin[M2mHook], BaseSensorOperator):
                 poll_round(
                     self.hook,
                     watch,
-                    budget=self.max_requests_per_poke,
+                    budget=cast(int, self.max_requests_per_poke),  # sized by execute(), before any poke
                     lastx=self.lastx,
                     max_workers=self.max_workers,
                     log=self.log,
@@ -242,7 +242,7 @@ class SmsDeliverySensor(PlatformHookMixin[M2mHook], BaseSensorOperator):
         if self.messages not in (None, "", []):
             raise InvalidRequestError("messages / messages_uri", "give one of the two, not both")
         if isinstance(uris, str) and uris.lstrip().startswith("["):
-            uris = read_literal(uris)
+            uris = cast("str | list[str]", read_literal(uris))  # a list literal, or text: checked below
         return [uris] if isinstance(uris, str) else [str(uri) for uri in uris]
 
     def _summary(self, uri: str, counts: dict[str, int]) -> dict[str, Any]:

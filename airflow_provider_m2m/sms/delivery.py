@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol import iccid as iccid_rules
@@ -22,9 +22,8 @@ from airflow_provider_m2m.protocol.values import read_literal
 from airflow_provider_m2m.utils.transport import RetryPolicy
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow_provider_m2m.hooks.m2m import M2mHook
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 #: Polling asks each SIM once per round and never retries within it: the next round asks again anyway,
 #: and a struggling platform gets a longer pause (the round's interval backs off) instead of more requests.
@@ -150,10 +149,10 @@ class DeliveryWatch:
 
     :param messages: ``(iccid, sms_uid)`` pairs (see :func:`messages_to_watch`).
     :param known: :meth:`known` of an earlier watch over the same messages (a poke before deferring, an
-        earlier reschedule); rows for other messages are ignored.
+        earlier reschedule), as it comes back from JSON; rows for other messages are ignored.
     """
 
-    def __init__(self, messages: Iterable[Iterable[str]], known: Iterable[Mapping] | None = None) -> None:
+    def __init__(self, messages: Iterable[Iterable[str]], known: Iterable[Any] | None = None) -> None:
         self.deliveries: dict[tuple[str, str], Delivery] = {}
         self._by_iccid: dict[str, list[Delivery]] = {}
         for number, uid in messages:
@@ -163,11 +162,11 @@ class DeliveryWatch:
         # on with the SIMs its predecessor had not reached yet).
         self._asked: dict[str, int] = {}
         for row in known or ():
-            delivery = self.deliveries.get((row.get("iccid"), row.get("sms_uid")))
-            if delivery is not None:
+            found = self.deliveries.get((row.get("iccid", ""), row.get("sms_uid", "")))
+            if found is not None:
                 for name in _DELIVERY_FIELDS - {"iccid", "sms_uid"}:
-                    setattr(delivery, name, row.get(name, getattr(delivery, name)))
-                self._asked[delivery.iccid] = 0
+                    setattr(found, name, row.get(name, getattr(found, name)))
+                self._asked[found.iccid] = 0
         self.rounds = 0
 
     @property
@@ -239,13 +238,13 @@ class DeliveryWatch:
         ``sent_at``, ``delivered_at``, ``error``."""
         return [asdict(d) for d in self.deliveries.values()]
 
-    def known(self) -> list[dict[str, str | None]]:
+    def known(self) -> list[Any]:  # JSON rows: the task state store and the trigger's kwargs keep them
         """The rows that carry anything learnt so far (for :class:`DeliveryWatch`'s ``known``)."""
         return [asdict(d) for d in self.deliveries.values() if d.state != UNCHECKED or d.error]
 
 
 async def poll_round(
-    hook: M2mHook, watch: DeliveryWatch, *, budget: int, lastx: int, max_workers: int, log: logging.Logger
+    hook: M2mHook, watch: DeliveryWatch, *, budget: int, lastx: int, max_workers: int, log: TaskLog
 ) -> int:
     """
     One round of polling, the same in a sensor's poke and in the trigger: ask about the SIMs ``watch`` says

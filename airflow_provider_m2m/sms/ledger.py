@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 #: Written before a SIM's request can leave; replaced once its outcome is known. A SIM still ``pending`` on a
 #: retry may have been sent to (the worker died, or the answer never came): it is looked up first.
@@ -36,7 +38,7 @@ class SmsLedger:
     :param log: the task's logger.
     """
 
-    def __init__(self, context: Any, log: logging.Logger) -> None:
+    def __init__(self, context: Any, log: TaskLog) -> None:
         self._store = context.get("task_state_store")
         self.first_try = getattr(context.get("ti"), "try_number", 1) <= 1
         self._memory: dict[int, dict[str, str]] = {}
@@ -85,7 +87,7 @@ class SmsLedger:
             self.store_seconds += time.perf_counter() - started
 
 
-def warn_if_retry_comes_too_soon(retries: int, retry_delay: float, timeout: float, log: logging.Logger) -> None:
+def warn_if_retry_comes_too_soon(retries: int, retry_delay: float, timeout: float, log: TaskLog) -> None:
     """
     Warn when a task's ``retry_delay`` (seconds) is shorter than the connection's ``timeout``: a retry could
     look a SIM up before the platform finished a request whose answer was lost, and send it again.

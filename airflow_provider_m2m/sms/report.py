@@ -64,7 +64,7 @@ def fleet_iccids(fleet_uri: str) -> Iterator[str]:
 
 def write_batches(folder: str, numbers: list[str], batch_size: int) -> list[int]:
     """Write ``numbers`` as batch input files of at most ``batch_size``; the SIM count of each batch."""
-    sizes = []
+    sizes: list[int] = []
     for start in range(0, len(numbers), batch_size):
         chunk = numbers[start : start + batch_size]
         write_csv(batch_uris(folder, len(sizes))["iccids_uri"], ("iccid",), ({"iccid": n} for n in chunk))
@@ -99,7 +99,8 @@ def merge_report(folder: str, batches: int, dry_run: bool) -> dict[str, Any]:
 
     :returns: ``{"report_csv", "sims", "outcomes": {outcome: count}, "delivery": {state: count}}``.
     """
-    deliveries = {(r["iccid"], r["sms_uid"]): r for r in _rows_if_there(f"{folder}/deliveries.csv") or []}
+    delivered = _rows_if_there(f"{folder}/deliveries.csv") or []
+    deliveries: dict[tuple[str, Any], dict[str, Any]] = {(r["iccid"], r["sms_uid"]): r for r in delivered}
     outcomes: Counter[str] = Counter()
     delivery: Counter[str] = Counter()
 
@@ -110,7 +111,7 @@ def merge_report(folder: str, batches: int, dry_run: bool) -> dict[str, Any]:
             by_iccid = {r["iccid"]: r for r in sent or []}
             for item in read_csv(uris["iccids_uri"]):
                 number = item["iccid"]
-                row = by_iccid.get(number) or {
+                row: dict[str, Any] = by_iccid.get(number) or {
                     "iccid": number,
                     "outcome": "dry_run" if dry_run else NOT_ATTEMPTED,
                     "error": None if dry_run else "no outcome recorded: the batch task did not run, or stopped early",

@@ -107,7 +107,7 @@ class SmsRun(TaskGroup):
                 delivery_wait=delivery_wait,
                 report_base_uri=report_base_uri,
                 batch_size=batch_size,
-                group_id=self.group_id,
+                group_id=str(self.group_id),  # a group built by a user always has its id
             )
             send = SendSmsOperator.partial(
                 task_id="send_sms",
@@ -165,7 +165,7 @@ def _absent(value: object) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in ("", "None", "[]"))
 
 
-@task
+@task(multiple_outputs=False)  # one XCom, read whole by the next tasks
 def validate_and_plan(
     *,
     iccids: Any,
@@ -227,7 +227,7 @@ def wait_arguments(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"messages_uri": sent, "output_uri": f"{plan['folder']}/deliveries.csv", "timeout": plan["wait"]}]
 
 
-@task(trigger_rule="all_done")
+@task(multiple_outputs=False, trigger_rule="all_done")
 def write_report(*, plan: dict[str, Any], ti: Any = None) -> dict[str, Any]:
     """Write the per-SIM report; fail the run, once it is written, if any SIM was not confirmed sent."""
     from airflow_provider_m2m.sms.report import merge_report

@@ -11,9 +11,9 @@ other without draining the pipeline: the next window opens as soon as a worker a
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -33,6 +33,9 @@ from airflow_provider_m2m.sms.ledger import FAILED, PENDING, SENT, SmsLedger
 from airflow_provider_m2m.utils import batches
 from airflow_provider_m2m.utils.progress import Progress
 from airflow_provider_m2m.utils.version_compat import AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 #: How the progress line counts the rows' outcomes (``success``, ``failed``, ``unknown``), the good one first.
 COUNTED_AS = {"success": "sent", "failed": "failed", "unknown": "unknown"}
@@ -159,7 +162,7 @@ def send_once_each(
     message: Message,
     *,
     max_workers: int | None,
-    log: logging.Logger,
+    log: TaskLog,
 ) -> Sent:
     """
     Send ``message`` to every SIM of ``numbers`` (distinct, validated) unless an earlier try did.
@@ -205,7 +208,7 @@ def send_once_each(
         left[w] -= 1
         if not left[w] and outcomes[w] != recorded[w]:  # the window's last SIM: record how each of them ended
             ledger.save(w, outcomes[w])
-        return index, row["outcome"]
+        return index, str(row["outcome"])  # always set (success, failed or unknown); error and uid may be None
 
     hook.fetch_connection()  # on this thread, before the loop starts (the secret masker is not for inside it)
     ended = batches.map_concurrently(jobs(), work, session=lambda: hook.batch_session(workers), max_workers=workers)
@@ -230,7 +233,7 @@ async def _send_once(
     uid: str,
     message: Message,
     state: str | None,
-    log: logging.Logger,
+    log: TaskLog,
 ) -> tuple[dict[str, str | None], str | None]:
     """Send unless an earlier try did; return the row and the SIM's state to record (None: no record)."""
     row: dict[str, str | None] = {"iccid": number, "sms_uid": uid, "outcome": "success", "error": None}

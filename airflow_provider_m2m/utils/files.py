@@ -14,8 +14,8 @@ import heapq
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -34,7 +34,7 @@ READ_BLOCK = 1 << 18
 
 def read_csv(
     uri: str | ObjectStoragePath, columns: Callable[[list[str]], list[str]] | None = None
-) -> Iterator[dict[str, str]]:
+) -> Generator[dict[str, str], None, None]:
     """
     Yield the rows of a CSV file with a header, as dicts (blank lines skipped).
 
@@ -60,7 +60,7 @@ def read_csv(
                 yield dict(zip(header, cells, strict=True))
 
 
-def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
+def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
     """
     Write ``rows`` (dicts; missing or None values as empty cells) as CSV with a header; return the row count.
 
@@ -77,7 +77,7 @@ def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterab
 
 
 @contextmanager
-def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator[Callable[[dict[str, Any]], None]]:
+def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator[Callable[[Mapping[str, Any]], None]]:
     """
     Open a CSV file for writing row by row: yields ``write(row)``; the file appears whole on a clean exit only.
 
@@ -106,8 +106,9 @@ class _Chunked:
     through fsspec's file wrapper that made writing a report three times slower.
     """
 
-    def __init__(self, data: BinaryIO, rows: int = 512) -> None:
-        self.data, self.rows, self.pending = data, rows, []
+    def __init__(self, data: _Bytes, rows: int = 512) -> None:
+        self.data, self.rows = data, rows
+        self.pending: list[str] = []
 
     def write(self, text: str) -> None:
         self.pending.append(text)
@@ -119,18 +120,22 @@ class _Chunked:
         self.pending = []
 
 
-def _packed(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
+# A file's bytes as written or read: the file itself, or a gzip stream over it (a name ending ``.gz``).
+_Bytes = BinaryIO | gzip.GzipFile
+
+
+def _packed(path: ObjectStoragePath, raw: BinaryIO) -> AbstractContextManager[_Bytes]:
     # mtime=0: the same rows give the same bytes, so a rerun's file compares equal to the original's.
     return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else nullcontext(raw)
 
 
-def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> BinaryIO:
+def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> AbstractContextManager[_Bytes]:
     return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else nullcontext(raw)
 
 
 def merged_csv(
     uris: Sequence[str], work: str | ObjectStoragePath, columns: Sequence[str], key: str = "iccid"
-) -> Iterator[dict[str, str]]:
+) -> Generator[dict[str, str], None, None]:
     """
     The rows of CSV files each sorted by ``key``, in ``key`` order: a k-way merge (:func:`heapq.merge`) that
     streams, one row per file in memory.

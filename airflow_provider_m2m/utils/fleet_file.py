@@ -11,7 +11,7 @@ reader's own rule (:mod:`airflow_provider_m2m.protocol.iccid`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import closing
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
@@ -44,7 +44,7 @@ def fleet_columns(header: list[str], source: str) -> list[str]:
     return [ICCID if n == found[0] else name for n, name in enumerate(header)]
 
 
-def read_fleet(uri: str, *, label: str = "fleet file") -> Iterator[dict[str, str]]:
+def read_fleet(uri: str, *, label: str = "fleet file") -> Generator[dict[str, str], None, None]:
     """
     Stream the rows of a fleet file as dicts, each SIM's ICCID under the key ``iccid`` (cells stripped, blank
     lines skipped); the header is checked before the first row is yielded (also for a file without rows).

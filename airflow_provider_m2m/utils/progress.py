@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 
 class Progress:
@@ -23,7 +26,7 @@ class Progress:
     """
 
     def __init__(
-        self, log: logging.Logger, what: str, total: int, every: float = 10.0, outcomes: tuple[str, ...] = ()
+        self, log: TaskLog, what: str, total: int, every: float = 10.0, outcomes: tuple[str, ...] = ()
     ) -> None:
         self.log = log
         self.what = what

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import random
 import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import requests
@@ -32,6 +31,9 @@ import urllib3.exceptions
 import urllib3.response
 
 from airflow_provider_m2m.exceptions import OutcomeUnknownError, ProtocolError, TransientError
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -144,7 +146,7 @@ class Attempts:
         self,
         policy: RetryPolicy,
         what: str,
-        log: logging.Logger,
+        log: TaskLog,
         *,
         idempotent: bool = True,
         limiter: RateLimiter | None = None,

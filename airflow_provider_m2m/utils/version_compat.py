@@ -7,7 +7,7 @@ Each name is the newest Airflow's own where it exists; each fallback says why it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from airflow.sdk.log import mask_secret
 
@@ -29,7 +29,7 @@ except ImportError:  # Airflow 3.1: the task exceptions live in airflow.exceptio
 try:
     from airflow.sdk import CronDataIntervalTimetable
 except ImportError:  # Airflow 3.1: timetables are not in the task SDK yet
-    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[no-redef]
+    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[no-redef,assignment]
 
 # The configuration as Airflow's provider checks ask providers to import it (never airflow.configuration):
 # common-compat picks the task SDK's where it exists and falls back on Airflow 3.1.
@@ -39,7 +39,7 @@ try:
     from airflow.sdk.log import amask_secret
 except ImportError:  # before Airflow 3.3 there is no async variant, and the sync one is documented safe in a coroutine
 
-    async def amask_secret(secret: Any, name: str | None = None) -> None:
+    async def amask_secret(secret: Any, name: str | None = None) -> None:  # type: ignore[misc]  # 3.3's takes more
         """Register ``secret`` with the secret masker from a coroutine (a trigger)."""
         mask_secret(secret, name)
 
@@ -61,6 +61,18 @@ try:  # the task state store (Airflow 3.3+) comes with its retention constants
     HAS_TASK_STATE_STORE = True
 except ImportError:  # Airflow 3.1 / 3.2: no task state store; the SMS ledger settles retries from the SMS history
     HAS_TASK_STATE_STORE = False
+
+
+class TaskLog(Protocol):
+    """
+    The logger the package's helpers write to: a task's, sensor's or trigger's ``self.log`` (a structlog logger
+    whose class is private to Airflow and lives in another module for triggers and on each version), or a
+    :class:`logging.Logger`. The helpers log %-style lines only.
+    """
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
 
 
 __all__ = [
