@@ -5,7 +5,7 @@ Run the nightly fleet report DAG end to end on a 50,000-SIM fleet against the sa
 
 Uses a throwaway Airflow home, a sandbox in a subprocess with the given per-call latency, and
 ``airflow dags test`` (tasks run one after another in one process, so this is the single-worker figure;
-with an executor the mapped batches also run side by side, up to the ``m2m_platform`` pool size).
+with an executor the mapped batches also run side by side, up to the audit's ``pool_slots``).
 Prints the wall time, the SIM Insight calls made and the report's summary; checks the changed SIMs
 against the sandbox fleet's truth.
 """
@@ -35,7 +35,8 @@ def main() -> int:
     args = parser.parse_args()
 
     home = new_airflow_home("m2m-fleet-bench-")
-    os.environ.update({**airflow_home_env(home, dags_folder=ROOT / "airflow_provider_m2m" / "example_dags"), "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024"})
+    dags = ROOT / "airflow_provider_m2m" / "example_dags"
+    os.environ.update({**airflow_home_env(home, dags_folder=dags), "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024"})
     from airflow.utils import db
 
     db.initdb()

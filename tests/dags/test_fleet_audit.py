@@ -154,7 +154,8 @@ def _mapped_batches(dr) -> int:
     from sqlalchemy import func, select
 
     with create_session() as session:
-        query = select(func.count()).where(TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "imei_audit.query_imeis")
+        query = select(func.count()).where(TaskInstance.run_id == dr.run_id)
+        query = query.where(TaskInstance.task_id == "imei_audit.query_imeis")
         return session.scalar(query.where(TaskInstance.dag_id == DAG_ID))
 
 

@@ -13,7 +13,8 @@ Every part is the real one, on 127.0.0.1, on a free port, in one throwaway direc
 * **The platform**: the bundled sandbox in its own process (``RemoteSandbox``).
 * **Airflow** with CeleryExecutor: ``airflow db migrate``, then api-server, scheduler, dag-processor, triggerer and
   two ``airflow celery worker`` processes with distinct hostnames, each in its own process group (launched by the
-  browser tests' ``AirflowServer``, tests/ui/ui_airflow.py), the project's ``airflow_provider_m2m/example_dags/``, the ``m2m_platform`` pool.
+  browser tests' ``AirflowServer``, tests/ui/ui_airflow.py), the project's ``airflow_provider_m2m/example_dags/``,
+  the ``m2m_platform`` pool.
 
 A part that cannot start raises :class:`PartFailed` with the tail of that part's log; what did start is stopped.
 Run it by hand to look at the same stack the tests see (Ctrl-C stops everything)::

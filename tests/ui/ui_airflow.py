@@ -4,7 +4,8 @@ A real Airflow 3 on loopback for the browser tests: api-server, scheduler, dag-p
 The same components ``airflow standalone`` runs (LocalExecutor, sqlite), started one by one so that each gets its
 own log file and its own process group, with settings a test needs to be exact about:
 
-* a throwaway ``AIRFLOW_HOME``, the project's ``airflow_provider_m2m/example_dags/`` folder, no example DAGs (new DAGs paused, as by default);
+* a throwaway ``AIRFLOW_HOME``, the project's ``airflow_provider_m2m/example_dags/`` folder, no example DAGs
+  (new DAGs paused, as by default);
 * a free port on 127.0.0.1 for the API server (and the execution API the task workers talk to);
 * the simple auth manager with one admin user whose password is written up front (no generated-password file to
   scrape from a log), and one JWT secret shared by every component.
