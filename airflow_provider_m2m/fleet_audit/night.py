@@ -11,9 +11,10 @@ night only (also when the night is rerun after that later night, see
   at 2 March 00:00 covers changes before 2 March 00:00, the same night as above); backfills are such runs too;
 * for a manual run without a logical date (Airflow 3.2+), its ``run_after``: the moment it was triggered.
 
-The night's folder is named by the date the night covers: the date of the last moment before the cutoff
-(both runs above write ``2026-03-01``; a manual run triggered on 5 March at 14:30 writes ``2026-03-05``, and
-the scheduled night of 5 March later replaces that folder and its state with its own, as a rerun would).
+The night's folder (and its audit state) is named by its :attr:`Night.key`: the date the night covers when its
+cutoff is a midnight (UTC), as for every daily run (both runs above write ``2026-03-01``); otherwise the cutoff
+itself, ``YYYY-MM-DDTHHMMSSZ`` (a manual run triggered on 5 March at 14:30 writes ``2026-03-05T143000Z`` and
+covers the changes up to then; the scheduled night of 5 March then reports only the changes after it).
 
 The first audit of a fleet (no state yet) reports the changes the platform dates from ``since`` on: the start
 of the data interval, or one day before the cutoff when the interval is empty or missing.
@@ -37,12 +38,49 @@ class Night:
 
     :param cutoff: changes before this belong to the night; at or after it, to a later one.
     :param since: with no audit state for a SIM, a change from here on is reported (the first audit's window).
-    :param date: the date the night covers (names its folder and its audit state).
+    :param date: the date the night covers (the date of the last moment before the cutoff).
     """
 
     cutoff: dt.datetime
     since: dt.datetime
     date: dt.date
+
+    @property
+    def key(self) -> str:
+        """Names the night's folder and state: the date covered, or the cutoff when it is not a midnight (UTC)."""
+        return night_key(self.cutoff)
+
+
+def night_key(cutoff: dt.datetime) -> str:
+    """
+    The name of the night that ends at ``cutoff``: ``YYYY-MM-DD`` (the date covered) for a midnight, else the cutoff.
+
+    >>> night_key(dt.datetime(2026, 3, 2, tzinfo=dt.UTC)), night_key(dt.datetime(2026, 3, 5, 14, 30, tzinfo=dt.UTC))
+    ('2026-03-01', '2026-03-05T143000Z')
+    """
+    cutoff = _utc(cutoff)
+    if cutoff == dt.datetime.combine(cutoff.date(), dt.time(), dt.UTC):
+        return f"{cutoff - DAY:%Y-%m-%d}"
+    return f"{cutoff:%Y-%m-%dT%H%M%SZ}"
+
+
+def key_cutoff(key: str | dt.date) -> dt.datetime:
+    """
+    The cutoff a night's name stands for (the inverse of :func:`night_key`; a date is the night of that date).
+
+    >>> key_cutoff("2026-03-01").isoformat(), key_cutoff("2026-03-05T143000Z").isoformat()
+    ('2026-03-02T00:00:00+00:00', '2026-03-05T14:30:00+00:00')
+    """
+    if isinstance(key, dt.date):
+        return dt.datetime.combine(key, dt.time(), dt.UTC) + DAY
+    if "T" in key:
+        return dt.datetime.strptime(key, "%Y-%m-%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    return dt.datetime.combine(dt.date.fromisoformat(key), dt.time(), dt.UTC) + DAY
+
+
+def as_key(night: str | dt.date) -> str:
+    """A night's name from its name or its date (a daily night)."""
+    return night if isinstance(night, str) else f"{night:%Y-%m-%d}"
 
 
 def night_of(
@@ -65,8 +103,8 @@ since=datetime.datetime(2026, 3, 1, 0, 0, tzinfo=datetime.timezone.utc), date=da
 
     A manual run without a logical date, triggered on 5 March at 14:30:
 
-    >>> night_of(None, None, dt.datetime(2026, 3, 5, 14, 30, tzinfo=dt.UTC)).date
-    datetime.date(2026, 3, 5)
+    >>> night_of(None, None, dt.datetime(2026, 3, 5, 14, 30, tzinfo=dt.UTC)).key
+    '2026-03-05T143000Z'
 
     :raises ValueError: neither an interval end nor ``run_after`` (nothing says what the run covers).
     """

@@ -31,6 +31,7 @@ from itertools import chain, islice
 from typing import Any
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.fleet_audit.night import as_key
 from airflow_provider_m2m.fleet_audit.rules import checked_fleet
 from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
 from airflow_provider_m2m.fleet_audit.state import check_previous_state
@@ -52,10 +53,10 @@ def audit_folder(report_base_uri: str | None, dag_id: str = AUDIT_NAME, group_id
 
 
 def night_folder(
-    report_base_uri: str | None, night: dt.date, dag_id: str = AUDIT_NAME, group_id: str | None = None
+    report_base_uri: str | None, night: str | dt.date, dag_id: str = AUDIT_NAME, group_id: str | None = None
 ) -> str:
-    """The folder of one night (the date it covers): report, summary and batch files."""
-    return f"{audit_folder(report_base_uri, dag_id, group_id)}/{night:%Y-%m-%d}"
+    """The folder of one night (its name, or the date of a daily night): report, summary and batch files."""
+    return f"{audit_folder(report_base_uri, dag_id, group_id)}/{as_key(night)}"
 
 
 def check_fleet_file(fleet_uri: str) -> None:
@@ -101,7 +102,7 @@ def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, ma
 def plan_fleet(
     fleet_uri: str,
     report_base_uri: str | None,
-    night: dt.date,
+    night: str | dt.date,
     batch_size: int,
     *,
     dag_id: str = AUDIT_NAME,
@@ -114,7 +115,8 @@ def plan_fleet(
 
     :param fleet_uri: the fleet CSV (an ``iccid`` column, optional ``expected_imei``, any other columns).
     :param report_base_uri: the base of the audit's folder (None: ``reports/`` under the Airflow home).
-    :param night: the date the night covers (names the folder).
+    :param night: the night's name (:attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`; a date: that
+        date's daily night): names the folder.
     :param batch_size: SIMs per batch.
     :param dag_id: the audit's DAG (its folder, see :func:`audit_folder`).
     :param group_id: the audit's group, when its DAG holds more than one audit.

@@ -4,7 +4,8 @@ turns a night's batch files into its report.
 
 Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id when a DAG holds more audits)::
 
-    state/<YYYY-MM-DD>.csv.gz            one per successful night (the date it covers): iccid,imei,last_change
+    state/<night>.csv.gz                 one per successful night (its name: the date it covers, or its cutoff
+                                         for a night that does not end at midnight): iccid,imei,last_change
     <YYYY-MM-DD>/batches/input-N.csv     each batch's fleet rows, sorted by ICCID (see fleet_plan)
     <YYYY-MM-DD>/batches/batch-N.csv     the query rows of each batch (QueryImeiOperator's output_uri)
     <YYYY-MM-DD>/imei_changes.csv        the night's report
@@ -39,6 +40,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_m2m.fleet_audit.night import as_key, key_cutoff
 from airflow_provider_m2m.fleet_audit.rules import (
     STATE_COLUMNS,
     STATUSES,
@@ -55,7 +57,7 @@ KEEP_NIGHTS = 7
 #: The query columns a batch file holds (QueryImeiOperator's CSV).
 QUERY_COLUMNS = ("current_imei", "last_change", "previous_imei", "error")
 
-_STATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\.csv\.gz")
+_STATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}(?:T\d{6}Z)?)\.csv\.gz")
 
 
 class NightIncomplete(RuntimeError):
@@ -70,21 +72,28 @@ class NightIncomplete(RuntimeError):
         )
 
 
-def state_uri(audit_folder: str, night: dt.date) -> str:
-    """The state file of ``night`` (the date the night covers)."""
-    return f"{audit_folder}/state/{night:%Y-%m-%d}.csv.gz"
+def state_uri(audit_folder: str, night: str | dt.date) -> str:
+    """The state file of ``night`` (its name, :attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`, or date)."""
+    return f"{audit_folder}/state/{as_key(night)}.csv.gz"
 
 
-def previous_state(audit_folder: str, night: dt.date) -> ObjectStoragePath | None:
-    """The newest state of a night before ``night``, or None (the first audit)."""
+def _states(audit_folder: str) -> list[tuple[dt.datetime, ObjectStoragePath]]:
+    """The audit's state files with the cutoff each stands for, oldest first."""
     folder = ObjectStoragePath(f"{audit_folder}/state")
     if not folder.exists():
-        return None
-    before = [p for p in folder.iterdir() if _STATE_NAME.fullmatch(p.name) and p.name < f"{night:%Y-%m-%d}"]
-    return max(before, key=lambda p: p.name, default=None)
+        return []
+    found = [(key_cutoff(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_NAME.fullmatch(p.name))]
+    return sorted(found, key=lambda found: found[0])
 
 
-def check_previous_state(audit_folder: str, night: dt.date) -> None:
+def previous_state(audit_folder: str, night: str | dt.date) -> ObjectStoragePath | None:
+    """The state of the night with the latest cutoff before ``night``'s, or None (the first audit)."""
+    cutoff = key_cutoff(night)
+    before = [p for at, p in _states(audit_folder) if at < cutoff]  # oldest first
+    return before[-1] if before else None
+
+
+def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     """
     Read the previous state through before any platform call: a night cannot be trusted without it.
 
@@ -100,7 +109,7 @@ def audit_night(
     *,
     batches: Sequence[tuple[str, str]],
     audit_folder: str,
-    night: dt.date,
+    night: str | dt.date,
     since: dt.datetime,
     cutoff: dt.datetime | None = None,
     keep_nights: int = KEEP_NIGHTS,
@@ -111,7 +120,8 @@ def audit_night(
     :param batches: ``(input_uri, output_uri)`` of each batch: its fleet rows sorted by ICCID (the plan's
         file, see :mod:`~airflow_provider_m2m.fleet_audit.plan`) and its query CSV.
     :param audit_folder: the audit's folder (:func:`~airflow_provider_m2m.fleet_audit.plan.audit_folder`).
-    :param night: the date the night covers (names the report folder and the state).
+    :param night: the night's name (:attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`; a date: that
+        date's daily night): names the report folder and the state.
     :param since: the first audit's window start (see :func:`~airflow_provider_m2m.fleet_audit.rules.audit_sim`).
     :param cutoff: the night's cutoff: a change at or after it belongs to a later night
         (:func:`~airflow_provider_m2m.fleet_audit.rules.at_cutoff`); None takes every answer as it is.
@@ -123,7 +133,7 @@ def audit_night(
     missing = [uri.rsplit("/", 1)[-1] for _, uri in batches if not ObjectStoragePath(uri).exists()]
     if missing:
         raise NightIncomplete(missing)
-    folder = f"{audit_folder}/{night:%Y-%m-%d}"
+    folder = f"{audit_folder}/{as_key(night)}"
     work = ObjectStoragePath(f"{folder}/work")
     first = next(read_csv(batches[0][0]), {}) if batches else {}
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
@@ -191,7 +201,6 @@ def _joined(rows: Iterator[dict[str, str]], recorded: Iterator[Seen]) -> Iterato
 
 
 def _prune(audit_folder: str, keep_nights: int) -> None:
-    folder = ObjectStoragePath(f"{audit_folder}/state")
-    states = sorted((p for p in folder.iterdir() if _STATE_NAME.fullmatch(p.name)), key=lambda p: p.name)
-    for old in states[: max(0, len(states) - keep_nights)]:
+    states = _states(audit_folder)
+    for _, old in states[: max(0, len(states) - keep_nights)]:
         old.unlink()

@@ -44,9 +44,10 @@ class FleetImeiAudit(TaskGroup):
     end of its data interval; for an empty interval (Airflow 3's ``@daily``, a ``CronTriggerTimetable``, and its
     backfills) its logical date; for a manual run without a logical date, its ``run_after``. A change at or after
     the cutoff belongs to a later night only, also when this night is rerun after that one. The night's folder
-    is named by the date the night covers: the date of the last moment before the cutoff (the ``@daily`` run at
-    2 March 00:00 writes ``2026-03-01``). Every change appears in exactly one night's report, also when a night
-    failed, was skipped or is rerun.
+    is named by the date the night covers (the ``@daily`` run at 2 March 00:00 writes ``2026-03-01``); a night
+    whose cutoff is not a midnight (UTC), such as a manual run's, by its cutoff (``2026-03-05T143000Z``), so the
+    scheduled night of that date reports only the changes after it. Every change appears in exactly one night's
+    report, also when a night failed, was skipped or is rerun.
 
     Files, under ``<report_base_uri>/<dag_id>/`` (plus ``<group_id>/`` when the DAG holds more than one audit,
     so two audits never share state or reports)::
@@ -89,7 +90,7 @@ class FleetImeiAudit(TaskGroup):
 
     * :attr:`summary`: the night's summary dict: ``report_csv``, ``summary_uri``, ``fleet_size``, a count per
       status (``changed``, ``first_seen``, ``inventory_mismatch``, ``unknown``, ``failed``), ``complete``,
-      ``night`` (the date covered), ``cutoff``, ``since``, ``changed_iccids_uri``, ``changed_iccids_truncated``.
+      ``night`` (its folder's name), ``cutoff``, ``since``, ``changed_iccids_uri``, ``changed_iccids_truncated``.
     * :attr:`changed_iccids`: the ICCIDs whose device changed this night (status ``changed``), sorted, at most
       10,000 (past that ``summary["changed_iccids_truncated"]`` is true; ``changed_iccids_uri`` lists them all).
       Pushed only when the DAG uses it, so an audit nobody reads the list of keeps XCom at its counts.
@@ -204,7 +205,7 @@ def _night_folder(context: Context, report_base_uri: str | None, group_id: str) 
 
     night = night_of_context(context)
     audit = audit_folder(_base(report_base_uri), **_owner(context, group_id))
-    return night, audit, f"{audit}/{night.date:%Y-%m-%d}"
+    return night, audit, f"{audit}/{night.key}"
 
 
 @task
@@ -234,10 +235,10 @@ def _plan_batches(
         as_workers(max_workers)
         check_fleet_file(fleet_uri)
         size = fleet_batch_size(fleet_uri, size, slots, conf.getint("core", "max_map_length"))
-        plan = plan_fleet(fleet_uri, _base(report_base_uri), night.date, size, **_owner(context, audit_group_id))
+        plan = plan_fleet(fleet_uri, _base(report_base_uri), night.key, size, **_owner(context, audit_group_id))
     sims = sum(batch["sims"] for batch in plan)
     print(
-        f"Night {night.date} (changes before {night.cutoff.isoformat()}): fleet of {sims} SIMs in {len(plan)} "
+        f"Night {night.key} (changes before {night.cutoff.isoformat()}): fleet of {sims} SIMs in {len(plan)} "
         f"batches of up to {size}, {slots} at once ({plan_size(plan)} bytes of XCom); folder {folder}"
     )
     if pool:
@@ -291,7 +292,7 @@ def _build_report(
     night, audit, folder = _night_folder(context, report_base_uri, audit_group_id)
     files = [batch_uris(folder, batch["batch"]) for batch in plan]
     summary: dict[str, Any] = {
-        "night": night.date.isoformat(),
+        "night": night.key,
         "cutoff": night.cutoff.isoformat(),
         "since": night.since.isoformat(),
         "complete": False,
@@ -301,7 +302,7 @@ def _build_report(
         result = audit_night(
             batches=[(uris["iccids_uri"], uris["output_uri"]) for uris in files],
             audit_folder=audit,
-            night=night.date,
+            night=night.key,
             since=night.since,
             cutoff=night.cutoff,
         )

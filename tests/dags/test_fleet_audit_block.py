@@ -165,8 +165,9 @@ def test_a_manual_run_without_a_logical_date_covers_changes_before_it_was_trigge
     dr = dag.test(logical_date=None, run_after=triggered, run_conf=conf)
     assert dr.state == "success" and dr.logical_date is None
     summary = _xcom(dr, f"{GROUP}.build_report")
-    assert (summary["night"], summary["cutoff"]) == (f"{triggered:%Y-%m-%d}", triggered.isoformat())
-    rows = _rows(tmp_path / "fleet_south" / f"{triggered:%Y-%m-%d}" / "imei_changes.csv")
+    # Its folder is named by its cutoff: the scheduled night of that date covers the changes after it.
+    assert (summary["night"], summary["cutoff"]) == ("2026-03-03T143000Z", triggered.isoformat())
+    rows = _rows(tmp_path / "fleet_south" / "2026-03-03T143000Z" / "imei_changes.csv")
     reported = {(r["iccid"], dt.datetime.fromisoformat(r["last_change"])) for r in rows if r["status"] == "changed"}
     # The first audit: the changes of the day before the trigger, none after it.
     expected = {(c.iccid, c.at) for c in fleet.timeline

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import csv
-import datetime as dt
 import inspect
 import re
 
-import pytest
-from conftest import ANCHOR, ROOT, load_dag
+from conftest import ROOT
 
 from airflow_provider_m2m.hooks.daraja import clear_token_cache
-
-DAY = dt.timedelta(days=1)
 
 
 def readme_block(heading: str) -> str:
@@ -76,60 +71,3 @@ def test_using_it_block_runs_against_the_sandbox(sb):
     assert dag.task_dict["query"].operator_class is QueryImeiOperator
     assert isinstance(dag.task_dict["notify"], SendSmsOperator)
     assert isinstance(dag.task_dict["screen"], CheckSimSwapOperator)
-
-
-@pytest.fixture
-def nightly(sb, dags_folder, tmp_path):
-    """The README's nightly DAG in the dags folder, fed the first 300 SIMs of the sandbox fleet."""
-    sims = sb.fleet.sims[:300]
-    fleet_file = tmp_path / "fleet.csv"
-    with fleet_file.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["iccid", "asset_name", "msisdn"])
-        writer.writerows([sim.iccid, sim.asset_name, sim.msisdn] for sim in sims)
-    dag = load_dag(dags_folder, readme_block("### Nightly: SMS the SIMs that moved"), "sms_moved_sims")
-    conf = {"fleet_uri": fleet_file.as_uri(), "rows_uri": (tmp_path / "moved").as_uri()}
-    return dag, conf, sims, tmp_path / "moved"
-
-
-def _moved(sims, start: dt.datetime, end: dt.datetime) -> set[str]:
-    return {sim.iccid for sim in sims if sim.last_change is not None and start <= sim.last_change < end}
-
-
-def test_nightly_recipe_sends_one_sms_per_moved_sim_and_counts_the_boundary_once(sb, nightly):
-    dag, conf, sims, rows_dir = nightly
-    edge = sb.fleet.edge_cases
-
-    # The run at ANCHOR's midnight (CronTriggerTimetable: data_interval_start == data_interval_end == ANCHOR).
-    run = dag.test(logical_date=ANCHOR, run_conf=conf)
-    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
-    first_night = _moved(sims, ANCHOR - DAY, ANCHOR)
-    assert len(first_night) >= 10 and {edge["interval_start"], edge["last_second"]} <= first_night
-    assert edge["interval_end"] not in first_night  # a change at exactly midnight belongs to the next night
-    assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night, 1)
-    texts = {entry["message_text"] for entry in sb.received("send_sms")}
-    assert texts == {"Your tracker's SIM moved to another device. Call us if that was not you."}
-    rows = (rows_dir / f"{ANCHOR:%Y-%m-%d}.csv").read_text().splitlines()
-    assert sorted(line.split(",")[0] for line in rows[1:]) == sorted(first_night)  # the night's rows, kept
-
-    # The next night takes the change at exactly midnight, once, and nobody from the night before again.
-    run = dag.test(logical_date=ANCHOR + DAY, run_conf=conf)
-    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
-    second_night = _moved(sims, ANCHOR, ANCHOR + DAY)
-    assert second_night == {edge["interval_end"]}
-    assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night | second_night, 1)
-
-
-def test_nightly_recipe_on_a_quiet_night_succeeds_sending_nothing(sb, nightly):
-    """No SIM moved in the window: the run succeeds, the SMS task sends nothing and says so."""
-    dag, conf, sims, rows_dir = nightly
-    quiet = next(night for n in range(3, 60) if not _moved(sims, (night := ANCHOR - n * DAY) - DAY, night))
-    run = dag.test(logical_date=quiet, run_conf=conf)
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert run.state == "success" and states["notify"] == "success", states
-    notify = next(ti for ti in run.get_task_instances() if ti.task_id == "notify")
-    assert notify.xcom_pull(task_ids="notify") == []
-    assert sb.stats()["by_command"] == {"query_imei": len(sims)}  # not one send_sms
-    assert (rows_dir / f"{quiet:%Y-%m-%d}.csv").read_text().splitlines() == [
-        "iccid,current_imei,last_change,previous_imei,error"
-    ]
