@@ -271,11 +271,11 @@ def test_notify_texts_each_moved_sim_once_scheduled_manual_and_backfill(sb, noti
     assert tell.state == "success" and tell.xcom_pull(task_ids="tell_drivers") == []
     assert sum(sb.stats()["sms_per_iccid"].values()) == len(first_night) + 1
 
-    # A backfill of a night a week earlier (no state before it: its own first audit) texts that night's SIMs.
-    week_ago = ANCHOR - 7 * day
-    run = dag.test(logical_date=week_ago, run_conf=conf)
+    # A backfill of an earlier night in which SIMs moved (no state before it: its own first audit) texts them.
+    earlier = next(end for n in range(2, 900) if _moved(sims, (end := ANCHOR - n * day) - day, end))
+    run = dag.test(logical_date=earlier, run_conf=conf)
     assert run.state == "success", _states(run)
-    then = _moved(sims, week_ago - day, week_ago)
+    then = _moved(sims, earlier - day, earlier)
     assert then and not then & first_night
     assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night | {edge["interval_end"]} | then, 1)
 
