@@ -273,7 +273,7 @@ class _AuditBatch(QueryImeiOperator):
         return super().execute(context)
 
 
-@task
+@task(multiple_outputs=False)  # one XCom row for the summary, not one more per key
 def _build_report(
     plan: list[dict[str, int]], *, list_changed: bool, report_base_uri: str | None, audit_group_id: str
 ) -> dict[str, Any]:
