@@ -29,6 +29,10 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
     LocalExecutor, SQLite), 20,000 SIMs, platform limit 200/s, pool of 4, automatic batch size, each task paced
     at 50/s: the platform floor 20,000 / 200 s against the wall time from trigger to report.
 
+12. The fleet audit's whole night of XCom at 1,000,000 SIMs (every task, as the xcom table holds it;
+    ``benchmarks/fleet_xcom.py``: a real DAG run at 20,000 SIMs read back from the metadata DB, rebuilt with the
+    real plan and report at 1,000,000) against 64 kB.
+
     python benchmarks/run_all.py --only 9,10     # a subset of the figures
 """
 
@@ -357,6 +361,22 @@ def main() -> None:
                 ">= 0.9",
                 f["ratio"],
                 f["ratio"] >= 0.9 and clean,
+            )
+        )
+
+    # 12. the whole night's XCom of the fleet audit at 1,000,000 SIMs
+    if wanted(12):
+        sims = 100_000 if q else 1_000_000
+        x = raw["fleet_xcom"] = measure("", "--sims", sims, "--run-sims", 2_000 if q else 20_000,
+                                        script=HERE / "fleet_xcom.py")  # fmt: skip
+        figures.append(
+            line(
+                f"12 fleet audit, whole night's XCom at {sims} SIMs ({x['batches']} batches): bytes/64 kB",
+                f"{x['xcom_bytes']} B (a real run of {x['run_sims']} SIMs: {x['run_xcom_bytes']} B; sizing exact "
+                f"for {x['calibrated_rows']} of {x['rows']} rows)",
+                "<= 64 kB",
+                x["xcom_bytes"] / 65536,
+                x["xcom_bytes"] <= 65536 and x["run_state"] == "success",
             )
         )
 

@@ -34,7 +34,7 @@ with DAG(
     params={
         "fleet_uri": Param(SAMPLE_FLEET, type="string", title="Fleet file", description="URI of the fleet CSV"),
         "report_base_uri": Param(None, type=["null", "string"], title="Report folder (default: reports/)"),
-        "batch_size": Param(None, type=["null", "integer"], minimum=1, title="SIMs per batch (empty: sized)"),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=20_000, title="SIMs per batch"),
         "pool_slots": Param(4, type="integer", minimum=1, title="Batches at once"),
         "max_workers": Param(16, type="integer", minimum=1, maximum=256, title="Calls in flight per batch"),
     },

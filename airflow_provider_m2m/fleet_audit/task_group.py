@@ -121,7 +121,7 @@ class FleetImeiAudit(TaskGroup):
         self.outlets = list(outlets) if outlets is not None else [Asset(name=f"{self.dag.dag_id}.{self.group_id}")]
         where = {"report_base_uri": report_base_uri, "audit_group_id": self.group_id}
         with self:
-            plan = _plan_batches.override(task_id=PLAN, retries=0)(
+            plan = _plan_batches.override(task_id=PLAN)(
                 fleet_uri=fleet_uri,
                 batch_size=batch_size,
                 pool_slots=pool_slots,
@@ -142,7 +142,7 @@ class FleetImeiAudit(TaskGroup):
             # all_done: a night whose batches failed still accounts for them (summary.json); min_one_success: a
             # night whose plan failed (bad input) stops there instead of retrying a report with nothing to read.
             report = _build_report.override(
-                task_id=REPORT, outlets=self.outlets, trigger_rule="all_done_min_one_success", retries=0
+                task_id=REPORT, outlets=self.outlets, trigger_rule="all_done_min_one_success"
             )(plan, list_changed=False, **where)
             query >> report
         self._report = report
