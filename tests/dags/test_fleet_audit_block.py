@@ -173,6 +173,20 @@ def test_a_manual_run_without_a_logical_date_covers_changes_before_it_was_trigge
     expected = {(c.iccid, c.at) for c in fleet.timeline
                 if triggered - DAY <= c.at < triggered and c.label != "first_sighting"}  # fmt: skip
     assert len(expected) >= 3 and reported == expected
+
+    # XCom: the plan, a count-only summary per batch, the report's summary and (the DAG reads it) the changed list.
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(XComModel.task_id, XComModel.key, XComModel.value).where(XComModel.run_id == dr.run_id)
+        rows = session.execute(query.where(XComModel.dag_id == "fleet_south")).all()
+    keys = sorted({(task, key) for task, key, _ in rows if task.startswith(f"{GROUP}.")})
+    assert keys == [(f"{GROUP}.build_report", "changed_iccids"), (f"{GROUP}.build_report", "return_value"),
+                    (f"{GROUP}.plan_batches", "return_value"), (f"{GROUP}.query_imeis", "return_value")]  # fmt: skip
+    batches = [XComModel.deserialize_value(row) for row in rows if row.task_id == f"{GROUP}.query_imeis"]
+    assert len(batches) == 5 and all("changed_iccids" not in batch for batch in batches), batches
     assert any(c.at >= triggered for c in fleet.timeline if c.at < triggered + dt.timedelta(hours=6))
 
 
