@@ -5,7 +5,9 @@ The nightly fleet audit on a real scheduler, and where its time goes: platform f
         [--client-rate 47.5] [--latency 0.05] [--batch-size 5000 | --batch-size auto] [--workers 16]
 
 A throwaway Airflow home with the project's ``airflow_provider_m2m/example_dags/``: api-server, scheduler and
-dag-processor as separate processes (LocalExecutor, SQLite), the ``m2m_platform`` pool of ``--pool`` slots, the
+dag-processor as separate processes (LocalExecutor, SQLite), ``--pool`` batches at once (the DAG's ``pool_slots``:
+it sizes the batches; the audit's own cap is the param's default, 4, and ``[core] parallelism`` is ``--pool`` + 1;
+the ``m2m_platform`` pool is still set to ``--pool`` slots for other DAGs), the
 connection's ``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
 limit of ``--platform-rate`` requests/s) in another process. The run is triggered through the REST API with
 the data interval of last night's scheduled run, then the DAG is unpaused (the scheduler sees that night's
