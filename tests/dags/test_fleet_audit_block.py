@@ -41,6 +41,14 @@ for name in ("fleet_north", "fleet_south"):
 
         read(audit.summary, audit.changed_iccids)
 
+from airflow_provider_m2m.utils.version_compat import CronDataIntervalTimetable
+
+with DAG("interval_audit", schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+         start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False,
+         params={"fleet_uri": "", "report_base_uri": ""}):
+    FleetImeiAudit(group_id="imei_audit", fleet_uri="{{ params.fleet_uri }}",
+                   report_base_uri="{{ params.report_base_uri }}", batch_size=100)
+
 with DAG("two_audits", schedule="@daily", start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False,
          params={"report_base_uri": ""}):
     for group, fleet in (("north", "north.csv"), ("south", "south.csv")):
@@ -202,7 +210,44 @@ def test_a_missing_fleet_file_fails_at_once_naming_it(sb, user_dags, tmp_path, c
     assert sb.stats()["requests"] == 0
 
 
-def test_two_audits_in_one_dag_keep_their_own_folders_and_assets(sb, dags_folder, tmp_path):
+def test_a_data_interval_timetable_covers_the_same_night_as_daily(timeline, dags_folder, tmp_path):
+    """
+    CronDataIntervalTimetable's run of day 2 (data interval: day 2) and @daily's (empty interval at its end): one
+    night. ``dag.test(logical_date=end)`` gives the former the interval a scheduled run of that night has.
+    """
+    sb, fleet = timeline, timeline.fleet
+    dags = {name: load_dag(dags_folder, USER_DAGS, name, "user_dags.py") for name in ("interval_audit", "fleet_north")}
+    fleet_file = _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri()
+    sb.configure(now=ANCHOR + 2 * DAY + dt.timedelta(minutes=5))
+    reports = {}
+    for name, dag in dags.items():
+        conf = {"fleet_uri": fleet_file, "report_base_uri": (tmp_path / name).as_uri()}
+        dr = dag.test(logical_date=ANCHOR + 2 * DAY, run_conf=conf)
+        assert dr.state == "success"
+        assert (dr.data_interval_start, dr.data_interval_end) == (
+            (ANCHOR + DAY, ANCHOR + 2 * DAY) if name == "interval_audit" else (ANCHOR + 2 * DAY, ANCHOR + 2 * DAY)
+        )
+        reports[name] = _rows(tmp_path / name / name / f"{ANCHOR + DAY:%Y-%m-%d}" / "imei_changes.csv")
+    assert reports["interval_audit"] == reports["fleet_north"]
+    assert len([r for r in reports["fleet_north"] if r["status"] == "changed"]) >= 5
+
+
+def test_changed_iccids_is_capped_with_a_flag_and_the_full_list_s_uri(timeline, user_dags, tmp_path, monkeypatch):
+    from airflow_provider_m2m.fleet_audit import task_group
+
+    monkeypatch.setattr(task_group, "MAX_LISTED", 3)  # the tasks run in this process under dag.test()
+    sb, fleet = timeline, timeline.fleet
+    conf = {"fleet_uri": _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri(),
+            "report_base_uri": tmp_path.as_uri()}  # fmt: skip
+    dr = _night(user_dags["fleet_north"], sb, 1, conf)
+    assert dr.state == "success"
+    summary = _xcom(dr, f"{GROUP}.build_report")
+    every = [row["iccid"] for row in _rows(Path(summary["changed_iccids_uri"].removeprefix("file://")))]
+    assert summary["changed"] == len(every) > 3 and summary["changed_iccids_truncated"] is True
+    assert _xcom(dr, "read")["changed"] == sorted(every)[:3]
+
+
+def test_two_audits_in_one_dag_keep_their_own_folders_and_assets(sb, dags_folder, tmp_path, capfd):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -213,6 +258,8 @@ def test_two_audits_in_one_dag_keep_their_own_folders_and_assets(sb, dags_folder
     end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) + 30 * DAY
     dr = dag.test(logical_date=end, run_conf={"report_base_uri": tmp_path.as_uri()})
     assert dr.state == "success"
+    out, err = capfd.readouterr()  # a pool the audit cannot check: the plan says which, and how to create it
+    assert "airflow pools set m2m_platform 3 'SIM Insight batches'" in out + err
     night = f"{end - DAY:%Y-%m-%d}"
     for group, size in (("north", 40), ("south", 60)):
         rows = _rows(tmp_path / "two_audits" / group / night / "imei_changes.csv")
