@@ -22,7 +22,7 @@ ANCHOR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 GROUP = "imei_audit"
 
-USER_DAGS = '''
+USER_DAGS = """
 import datetime as dt
 
 from airflow.sdk import DAG, task
@@ -54,7 +54,7 @@ with DAG("two_audits", schedule="@daily", start_date=dt.datetime(2026, 1, 1, tzi
     for group, fleet in (("north", "north.csv"), ("south", "south.csv")):
         FleetImeiAudit(group_id=group, fleet_uri="{{ params.report_base_uri }}/" + fleet,
                        report_base_uri="{{ params.report_base_uri }}", pool="m2m_platform", pool_slots=3)
-'''
+"""
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
