@@ -5,7 +5,7 @@ Run the nightly fleet report DAG end to end on a 50,000-SIM fleet against the sa
 
 Uses a throwaway Airflow home, a sandbox in a subprocess with the given per-call latency, and
 ``airflow dags test`` (tasks run one after another in one process, so this is the single-worker figure;
-with an executor the mapped batches also run side by side, up to the ``m2m_platform`` pool size).
+with an executor the mapped batches also run side by side, up to the audit's ``pool_slots``).
 Prints the wall time, the SIM Insight calls made and the report's summary; checks the changed SIMs
 against the sandbox fleet's truth.
 """

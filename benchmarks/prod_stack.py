@@ -73,9 +73,9 @@ def main() -> None:
         tis = stack.task_instances(DAG_ID, run_id)
         stats = stack.sandbox.stats()
         by_task = {
-            task: [ti for ti in tis if ti["task_id"] == task]
+            task: [ti for ti in tis if ti["task_id"] == f"imei_audit.{task}"]
             for task in ("plan_batches", "query_imeis", "build_report")
-        }
+        }  # the DAG's FleetImeiAudit group prefixes its tasks: "imei_audit.plan_batches"...
         spans = {task: _span(found) for task, found in by_task.items() if found and all(ti["end_date"] for ti in found)}
 
     floor = args.fleet / args.rate_limit

@@ -33,6 +33,9 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
     SIMs (batches of 1,000, sandbox latency 0, a 10 s delivery wait): the run's XCom bytes, every task, read from
     the xcom table, per batch at 100,000 against per batch at 10,000 (flat: O(batches), not O(SIMs)), beside the
     report's size (what the rows weigh); and each SIM got exactly one message (the sandbox counts them).
+13. The fleet audit's whole night of XCom at 1,000,000 SIMs (every task, as the xcom table holds it;
+    ``benchmarks/fleet_xcom.py``: a real DAG run at 20,000 SIMs read back from the metadata DB, rebuilt with the
+    real plan and report at 1,000,000) against 64 kB.
 
     python benchmarks/run_all.py --only 9,10     # a subset of the figures
 """
@@ -388,6 +391,22 @@ def main() -> None:
                 "<= 1.2, 0 lost/dup",
                 per_batch[1] / per_batch[0],
                 per_batch[1] / per_batch[0] <= 1.2 and clean,
+            )
+        )
+
+    # 13. the whole night's XCom of the fleet audit at 1,000,000 SIMs
+    if wanted(13):
+        sims = 100_000 if q else 1_000_000
+        x = raw["fleet_xcom"] = measure("", "--sims", sims, "--run-sims", 2_000 if q else 20_000,
+                                        script=HERE / "fleet_xcom.py")  # fmt: skip
+        figures.append(
+            line(
+                f"13 fleet audit, whole night's XCom at {sims} SIMs ({x['batches']} batches): bytes/64 kB",
+                f"{x['xcom_bytes']} B (a real run of {x['run_sims']} SIMs: {x['run_xcom_bytes']} B; sizing exact "
+                f"for {x['calibrated_rows']} of {x['rows']} rows)",
+                "<= 64 kB",
+                x["xcom_bytes"] / 65536,
+                x["xcom_bytes"] <= 65536 and x["run_state"] == "success",
             )
         )
 

@@ -4,12 +4,14 @@ The nightly fleet audit on a real scheduler, and where its time goes: platform f
     .venv/bin/python benchmarks/scheduled_fleet.py [--fleet 20000] [--platform-rate 200] [--pool 4]
         [--client-rate 47.5] [--latency 0.05] [--batch-size 5000 | --batch-size auto] [--workers 16]
 
-A throwaway Airflow home with the package's example DAGs: api-server, scheduler and dag-processor as separate
-processes (LocalExecutor, SQLite), the ``m2m_platform`` pool of ``--pool`` slots, the connection's
-``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
+A throwaway Airflow home with the project's ``airflow_provider_m2m/example_dags/``: api-server, scheduler and
+dag-processor as separate processes (LocalExecutor, SQLite), ``--pool`` batches at once (the DAG's ``pool_slots``:
+it sizes the batches; the audit's own cap is the param's default, 4, and ``[core] parallelism`` is ``--pool`` + 1;
+the ``m2m_platform`` pool is still set to ``--pool`` slots for other DAGs), the
+connection's ``max_requests_per_second`` set to ``--client-rate``, and the sandbox (``--latency`` per call, a platform
 limit of ``--platform-rate`` requests/s) in another process. The run is triggered through the REST API with
 the data interval of last night's scheduled run, then the DAG is unpaused (the scheduler sees that night's
-run exists and makes no other). The clock runs from the trigger to the end of ``build_report``.
+run exists and makes no other). The clock runs from the trigger to the end of ``imei_audit.build_report``.
 
 Prints the breakdown from the task instances' start and end times (REST API): scheduling before the plan,
 plan, gaps, the batches (waves, idle pool slots between waves and in the last wave, each batch's own rate
@@ -40,7 +42,7 @@ from airflow_provider_m2m.sandbox import Fleet, Sandbox, midnight_utc  # noqa: E
 from airflow_provider_m2m.sandbox.airflow_home import new_airflow_home  # noqa: E402
 from airflow_provider_m2m.utils.files import read_csv  # noqa: E402
 
-DAG_ID = "fleet_imei_change_report"
+DAG_ID, GROUP = "fleet_imei_change_report", "imei_audit"  # the DAG's FleetImeiAudit group: its tasks' prefix
 
 
 def _when(value: str | None) -> float | None:
@@ -98,8 +100,8 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
                 "startup_s": ti.get("startup_s"),
             }
         )
-    plan, report = by_task["plan_batches"][0], by_task["build_report"][0]
-    batches = sorted(by_task["query_imeis"], key=lambda b: b["map_index"])
+    plan, report = by_task[f"{GROUP}.plan_batches"][0], by_task[f"{GROUP}.build_report"][0]
+    batches = sorted(by_task[f"{GROUP}.query_imeis"], key=lambda b: b["map_index"])
     first, last = min(b["start"] for b in batches), max(b["end"] for b in batches)
     span = last - first
     busy = sum(b["end"] - b["start"] for b in batches)
@@ -177,13 +179,13 @@ def main() -> int:
             )
             assert status == 200, f"pool: HTTP {status} {body}"
             af.wait_until(lambda: af.api("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 180, "the DAG to be parsed")
-            # the first audit reports every change since the interval start, one at its very end included
+            # the first audit reports every change from the interval start to its end (the night's cutoff)
             # A long-running api-server has built its execution API long before the night's run; a fresh one
             # builds it on the first task's first call, which then waits (here up to 20 s): not the run's cost.
             af.wait_until(
                 lambda: requests.get(f"{af.base_url}/execution/health", timeout=60).ok, 120, "the execution API"
             )
-            expected = {sim.iccid for sim in sb.fleet.changed_between(start, end + dt.timedelta(seconds=1))}
+            expected = {sim.iccid for sim in sb.fleet.changed_between(start, end)}
             sb.reset()
             time.sleep(1)  # the platform's bucket full again
             run_id = f"nightly__{start:%Y-%m-%d}"  # "scheduled__" ids are the scheduler's own
@@ -193,7 +195,7 @@ def main() -> int:
                 f"/api/v2/dags/{DAG_ID}/dagRuns",
                 {
                     "dag_run_id": run_id,
-                    "logical_date": start.isoformat(),
+                    "logical_date": end.isoformat(),  # @daily (CronTriggerTimetable): the night's run is at its end
                     "data_interval_start": start.isoformat(),
                     "data_interval_end": end.isoformat(),
                     "conf": conf,
@@ -209,9 +211,8 @@ def main() -> int:
             state = af.wait_until(finished, args.timeout, "the DAG run", interval=0.5)
             tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")[1]
             tis = tis["task_instances"]
-            plan = af.api(
-                "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/plan_batches/xcomEntries/return_value"
-            )[1]["value"]
+            plan_xcom = f"taskInstances/{GROUP}.plan_batches/xcomEntries/return_value"
+            plan = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/{plan_xcom}")[1]["value"]
             runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")[1]["total_entries"]
         stats = sb.stats()
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS / "_ext"))
 # Autodoc imports Airflow, which writes a config file into its home: keep that inside the build folder.
 os.environ.setdefault("AIRFLOW_HOME", str(DOCS / "_build" / "airflow-home"))
 
@@ -21,7 +20,6 @@ release = version = airflow_provider_m2m.__version__
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
-    "pending_merge",
 ]
 
 # Markdown pages (MyST); headings get anchors so `[text](page.md#a-heading)` links are checked by the build.
@@ -34,16 +32,6 @@ exclude_patterns = [
     "notes",
 ]
 
-# Pieces the pages document that land on other branches of this release. Until each exists, its
-# `literalinclude` (a file, or a `[START name]` marker) or `autoclass` shows a short "arrives with this
-# release" note instead of failing the build. Remove an entry once it exists: the build fails (a warning,
-# and warnings are errors) while an entry names something that is already there.
-pending_merge = [
-    "example_dags/fleet_audit_notify.py",
-    "airflow_provider_m2m.fleet_audit.FleetImeiAudit",
-    "airflow_provider_m2m.sms.SmsRun",
-]
-
 # Every cross-reference must resolve (`make docs` passes -n). No intersphinx: the build runs without internet,
 # so names outside this package (Airflow's, the standard library's) are left as plain text.
 nitpicky = True
@@ -54,7 +42,6 @@ nitpick_ignore_regex = [
     (r"py:.*", r"airflow_provider_m2m\.(utils|protocol)\..*"),
     (r"py:.*", r"airflow_provider_m2m\.(sms|fleet_audit|sandbox)\.[a-z_]+\..*"),
 ]
-nitpick_ignore = [("py:class", name) for name in pending_merge if name.startswith("airflow_provider_m2m.")]
 
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "description"

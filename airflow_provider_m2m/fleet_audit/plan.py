@@ -2,7 +2,8 @@
 The fleet audit's plan: check the fleet file, cut it into batch files on object storage, and hand Airflow only
 a small item per batch, so XCom grows with the number of batches, never with the fleet.
 
-Layout under the night's folder (``<report_base_uri>/fleet_imei_change_report/<YYYY-MM-DD>``)::
+Layout under the night's folder (``<report_base_uri>/<dag_id>/<YYYY-MM-DD>``; ``<dag_id>/<group_id>`` when a
+DAG holds more than one audit)::
 
     batches/input-NNNNN.csv     a batch's fleet rows (all the fleet file's columns), sorted by ICCID
     batches/batch-NNNNN.csv     its query rows (QueryImeiOperator's ``output_uri``, from ``iccids_uri``)
@@ -30,24 +31,47 @@ from itertools import chain, islice
 from typing import Any
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.fleet_audit.night import as_key
 from airflow_provider_m2m.fleet_audit.rules import checked_fleet
 from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
 from airflow_provider_m2m.fleet_audit.state import check_previous_state
 from airflow_provider_m2m.utils.files import merged_csv, report_folder, write_csv
 from airflow_provider_m2m.utils.fleet_file import read_fleet
 
-#: The audit's folder under ``report_base_uri``.
+#: The example DAG's id: the audit's folder under ``report_base_uri`` when no other is named.
 AUDIT_NAME = "fleet_imei_change_report"
 
 
-def audit_folder(report_base_uri: str | None) -> str:
-    """``<report_base_uri>/fleet_imei_change_report`` (default base: ``reports/`` under the Airflow home)."""
-    return report_folder(report_base_uri, AUDIT_NAME)
+def audit_folder(report_base_uri: str | None, dag_id: str = AUDIT_NAME, group_id: str | None = None) -> str:
+    """
+    ``<report_base_uri>/<dag_id>`` (plus ``/<group_id>`` when given: a DAG holding more than one audit), so two
+    audits of one deployment never share state or reports (default base: ``reports/`` under the Airflow home).
+
+    >>> audit_folder("s3://reports", "fleet_a"), audit_folder("s3://reports", "fleets", "north")
+    ('s3://reports/fleet_a', 's3://reports/fleets/north')
+    """
+    return report_folder(report_base_uri, dag_id, *([group_id] if group_id else []))
 
 
-def night_folder(report_base_uri: str | None, night: dt.date) -> str:
-    """The folder of one night (its data interval's start date): report, summary and batch files."""
-    return f"{audit_folder(report_base_uri)}/{night:%Y-%m-%d}"
+def night_folder(
+    report_base_uri: str | None, night: str | dt.date, dag_id: str = AUDIT_NAME, group_id: str | None = None
+) -> str:
+    """The folder of one night (its name, or the date of a daily night): report, summary and batch files."""
+    return f"{audit_folder(report_base_uri, dag_id, group_id)}/{as_key(night)}"
+
+
+def check_fleet_file(fleet_uri: str) -> None:
+    """
+    A fleet file that is not there is bad input (retrying cannot bring it), named by its URI.
+
+    :raises InvalidRequestError: no file at ``fleet_uri`` (or no URI at all).
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if not fleet_uri or not str(fleet_uri).strip():
+        raise InvalidRequestError("fleet_uri", "a fleet file's URI is required")
+    if not ObjectStoragePath(fleet_uri).is_file():
+        raise InvalidRequestError("fleet_uri", f"no fleet file at {fleet_uri}")
 
 
 def batch_uris(folder: str, batch: int) -> dict[str, str]:
@@ -76,7 +100,15 @@ def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, ma
     return batch_size_for(fleet_size, pool_slots, max_map_length=max_map_length)
 
 
-def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batch_size: int) -> list[dict[str, int]]:
+def plan_fleet(
+    fleet_uri: str,
+    report_base_uri: str | None,
+    night: str | dt.date,
+    batch_size: int,
+    *,
+    dag_id: str = AUDIT_NAME,
+    group_id: str | None = None,
+) -> list[dict[str, int]]:
     """
     Check the fleet file and the previous audit state, write the batch files; return one small item per batch.
 
@@ -85,13 +117,16 @@ def plan_fleet(fleet_uri: str, report_base_uri: str | None, night: dt.date, batc
     :param fleet_uri: the fleet CSV (an ``iccid`` column in any case, optional ``expected_imei``, any other
         columns; :mod:`~airflow_provider_m2m.utils.fleet_file`).
     :param report_base_uri: the base of the audit's folder (None: ``reports/`` under the Airflow home).
-    :param night: the data interval's start date (names the folder).
+    :param night: the night's name (:attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`; a date: that
+        date's daily night): names the folder.
     :param batch_size: SIMs per batch.
+    :param dag_id: the audit's DAG (its folder, see :func:`audit_folder`).
+    :param group_id: the audit's group, when its DAG holds more than one audit.
     :returns: ``[{"batch": n, "sims": count}, ...]``: the files are :func:`batch_uris` ``(folder, n)``.
     :raises InvalidRequestError: naming the file, the line(s) and the rule.
     """
-    folder = night_folder(report_base_uri, night)
-    check_previous_state(audit_folder(report_base_uri), night)
+    folder = night_folder(report_base_uri, night, dag_id, group_id)
+    check_previous_state(audit_folder(report_base_uri, dag_id, group_id), night)
     rows = read_fleet(fleet_uri)
     first = next(rows, None)
     columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))

@@ -4,7 +4,8 @@ successful audit recorded for it and what the platform answers now.
 
 A night compares each SIM with the *audit state* (IMEI and ``last_change`` per SIM) of the last successful
 audit before it, not with its data interval, so a change made while a night failed, was skipped or ran late is
-reported by the next successful night, dated by the platform's ``last_change``, and only by that one.
+reported by the next successful night, dated by the platform's ``last_change``, and only by that one. A
+change at or after the night's cutoff belongs to a later night (:func:`at_cutoff`), also when the night is rerun.
 
 >>> from airflow_provider_m2m.fleet_audit.rules import Seen, audit_sim
 >>> import datetime as dt
@@ -77,7 +78,8 @@ def audit_sim(
       at all: the first audit, or a SIM new to the fleet file) the platform dates its first sighting (no
       ``previous_imei``) at or after ``since``.
     * ``changed``: the IMEI differs from the one recorded, or ``last_change`` moved (a device that went
-      A -> B -> A between two audits); with no row, the platform dates a change at or after ``since``.
+      A -> B -> A between two audits; an unknown ``last_change`` compares the devices only); with no row, the
+      platform dates a change at or after ``since``.
     * ``inventory_mismatch``: the fleet file's ``expected_imei`` differs from the current IMEI (every night
       until fixed); it comes on top of ``changed`` / ``first_seen``, so a SIM can be listed twice.
 
@@ -101,11 +103,44 @@ def audit_sim(
             statuses.append("changed" if answer.get("previous_imei") else "first_seen")
     elif previous.imei is None:
         statuses.append("first_seen")
-    elif previous.imei != imei or _moment(previous.last_change) != _moment(last_change):
-        statuses.append("changed")
+    elif previous.imei != imei or (last_change is not None and _moment(previous.last_change) != _moment(last_change)):
+        statuses.append("changed")  # an unknown date is no evidence of a change: only the device counts then
     if expected_imei and expected_imei != imei:
         statuses.append("inventory_mismatch")
     return statuses, Seen(iccid, imei, last_change)
+
+
+def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datetime) -> dict[str, str]:
+    """
+    The platform's answer as it was at the night's ``cutoff``: a change at or after the cutoff belongs to a later
+    night, so a rerun of an old night reproduces that night's rows.
+
+    For a SIM whose ``last_change`` is at or after the cutoff, the platform's ``previous_imei`` is the device it
+    sat in at the cutoff (since some earlier, unknown date; empty: none known then, ``unknown``). The answer
+    becomes that device, with ``previous_imei`` unknown, and ``last_change`` the one the last audit recorded
+    when that audit saw the same device (else unknown, so :func:`audit_sim` compares the devices only).
+
+    Limit: the platform keeps one previous device. A SIM that changed twice after the cutoff (A -> B -> C) is
+    taken as in B at the cutoff, so a rerun of that night reports A -> B as ``changed``; a SIM that changed
+    within the night and again after it is still ``changed`` in a rerun, with its date unknown.
+
+    >>> cutoff = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+    >>> later = {"iccid": "8925401000000000001", "current_imei": "359827041234569",
+    ...          "last_change": "2026-03-02T10:00:00+00:00", "previous_imei": "862057041234566", "error": ""}
+    >>> seen = Seen("8925401000000000001", "862057041234566", "2026-01-05T08:00:00+00:00")
+    >>> at_cutoff(later, seen, cutoff)["current_imei"], at_cutoff(later, seen, cutoff)["last_change"]
+    ('862057041234566', '2026-01-05T08:00:00+00:00')
+    >>> audit_sim(seen, at_cutoff(later, seen, cutoff), None, cutoff - dt.timedelta(days=1))[0]  # not this night
+    []
+    >>> at_cutoff({**later, "last_change": "2026-03-01T23:59:59+00:00"}, seen, cutoff)["current_imei"]  # before
+    '359827041234569'
+    """
+    moment = None if answer.get("error") else _moment(answer.get("last_change") or None)
+    if moment is None or moment < cutoff:
+        return dict(answer)
+    device = answer.get("previous_imei") or ""
+    known = previous.last_change if previous is not None and previous.imei == device and device else None
+    return {**answer, "current_imei": device, "previous_imei": "", "last_change": known or ""}
 
 
 # ---------------------------------------------------------------------------------------------- input rules

@@ -2,12 +2,14 @@
 The fleet audit's files in object storage: the audit state kept between nights, and the streaming diff that
 turns a night's batch files into its report.
 
-Layout under the audit folder (``<report_base_uri>/fleet_imei_change_report``)::
+Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id when a DAG holds more audits)::
 
-    state/<YYYY-MM-DD>.csv.gz            one per successful night (its interval start): iccid,imei,last_change
+    state/<night>.csv.gz                 one per successful night (its name: the date it covers, or its cutoff
+                                         for a night that does not end at midnight): iccid,imei,last_change
     <YYYY-MM-DD>/batches/input-N.csv     each batch's fleet rows, sorted by ICCID (see fleet_plan)
     <YYYY-MM-DD>/batches/batch-N.csv     the query rows of each batch (QueryImeiOperator's output_uri)
     <YYYY-MM-DD>/imei_changes.csv        the night's report
+    <YYYY-MM-DD>/changed_iccids.csv      its ``changed`` SIMs (an ``iccid`` column)
     <YYYY-MM-DD>/work/                   sorted runs and per-status parts while the diff runs (removed after)
 
 Why this shape:
@@ -20,7 +22,8 @@ Why this shape:
 * It is written only when the night's report is written, and moved into place last, so a failed night leaves
   no state and the next night compares against the last successful one.
 * A night compares against the newest state of a night *before* it, so a rerun of an old night reproduces
-  that night's rows while the platform answers the same; the last :data:`KEEP_NIGHTS` states are kept, so
+  that night's rows (a change after its cutoff is taken back, see
+  :func:`~airflow_provider_m2m.fleet_audit.rules.at_cutoff`); the last :data:`KEEP_NIGHTS` states are kept, so
   a rerun of any night of the last week can do so (older ones are deleted after each successful night).
 * Everything is an ``ObjectStoragePath`` URI (``file://`` in tests, ``s3://`` in production): no task relies
   on a worker's local disk or memory.
@@ -37,10 +40,12 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_m2m.fleet_audit.night import as_key, key_cutoff
 from airflow_provider_m2m.fleet_audit.rules import (
     STATE_COLUMNS,
     STATUSES,
     Seen,
+    at_cutoff,
     audit_sim,
     expected_imei,
     read_state,
@@ -52,7 +57,7 @@ KEEP_NIGHTS = 7
 #: The query columns a batch file holds (QueryImeiOperator's CSV).
 QUERY_COLUMNS = ("current_imei", "last_change", "previous_imei", "error")
 
-_STATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\.csv\.gz")
+_STATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}(?:T\d{6}Z)?)\.csv\.gz")
 
 
 class NightIncomplete(RuntimeError):
@@ -67,21 +72,28 @@ class NightIncomplete(RuntimeError):
         )
 
 
-def state_uri(audit_folder: str, night: dt.date) -> str:
-    """The state file of ``night`` (the data interval's start date)."""
-    return f"{audit_folder}/state/{night:%Y-%m-%d}.csv.gz"
+def state_uri(audit_folder: str, night: str | dt.date) -> str:
+    """The state file of ``night`` (its name, :attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`, or date)."""
+    return f"{audit_folder}/state/{as_key(night)}.csv.gz"
 
 
-def previous_state(audit_folder: str, night: dt.date) -> ObjectStoragePath | None:
-    """The newest state of a night before ``night``, or None (the first audit)."""
+def _states(audit_folder: str) -> list[tuple[dt.datetime, ObjectStoragePath]]:
+    """The audit's state files with the cutoff each stands for, oldest first."""
     folder = ObjectStoragePath(f"{audit_folder}/state")
     if not folder.exists():
-        return None
-    before = [p for p in folder.iterdir() if _STATE_NAME.fullmatch(p.name) and p.name < f"{night:%Y-%m-%d}"]
-    return max(before, key=lambda p: p.name, default=None)
+        return []
+    found = [(key_cutoff(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_NAME.fullmatch(p.name))]
+    return sorted(found, key=lambda found: found[0])
 
 
-def check_previous_state(audit_folder: str, night: dt.date) -> None:
+def previous_state(audit_folder: str, night: str | dt.date) -> ObjectStoragePath | None:
+    """The state of the night with the latest cutoff before ``night``'s, or None (the first audit)."""
+    cutoff = key_cutoff(night)
+    before = [p for at, p in _states(audit_folder) if at < cutoff]  # oldest first
+    return before[-1] if before else None
+
+
+def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     """
     Read the previous state through before any platform call: a night cannot be trusted without it.
 
@@ -97,8 +109,9 @@ def audit_night(
     *,
     batches: Sequence[tuple[str, str]],
     audit_folder: str,
-    night: dt.date,
+    night: str | dt.date,
     since: dt.datetime,
+    cutoff: dt.datetime | None = None,
     keep_nights: int = KEEP_NIGHTS,
 ) -> dict[str, Any]:
     """
@@ -106,17 +119,21 @@ def audit_night(
 
     :param batches: ``(input_uri, output_uri)`` of each batch: its fleet rows sorted by ICCID (the plan's
         file, see :mod:`~airflow_provider_m2m.fleet_audit.plan`) and its query CSV.
-    :param audit_folder: ``<report_base_uri>/fleet_imei_change_report``.
-    :param night: the data interval's start date (names the report folder and the state).
-    :param since: the data interval's start (see :func:`~airflow_provider_m2m.fleet_audit.rules.audit_sim`).
+    :param audit_folder: the audit's folder (:func:`~airflow_provider_m2m.fleet_audit.plan.audit_folder`).
+    :param night: the night's name (:attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`; a date: that
+        date's daily night): names the report folder and the state.
+    :param since: the first audit's window start (see :func:`~airflow_provider_m2m.fleet_audit.rules.audit_sim`).
+    :param cutoff: the night's cutoff: a change at or after it belongs to a later night
+        (:func:`~airflow_provider_m2m.fleet_audit.rules.at_cutoff`); None takes every answer as it is.
     :param keep_nights: how many nights of state to keep.
-    :returns: ``report_csv``, ``state``, ``previous_state`` and the counts (``fleet_size`` and each status).
+    :returns: ``report_csv``, ``changed_iccids_uri`` (a CSV with an ``iccid`` column: the ``changed`` SIMs),
+        ``state``, ``previous_state`` and the counts (``fleet_size`` and each status).
     :raises NightIncomplete: a batch file is missing (nothing is written).
     """
     missing = [uri.rsplit("/", 1)[-1] for _, uri in batches if not ObjectStoragePath(uri).exists()]
     if missing:
         raise NightIncomplete(missing)
-    folder = f"{audit_folder}/{night:%Y-%m-%d}"
+    folder = f"{audit_folder}/{as_key(night)}"
     work = ObjectStoragePath(f"{folder}/work")
     first = next(read_csv(batches[0][0]), {}) if batches else {}
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
@@ -133,8 +150,9 @@ def audit_night(
         write_state = files.enter_context(csv_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", report_columns)) for s in STATUSES}
         recorded = read_state(read_csv(previous), str(previous)) if previous else iter(())
-        for row, seen_before in _joined(merged_csv(runs, work, run_columns), recorded):
+        for answer, seen_before in _joined(merged_csv(runs, work, run_columns), recorded):
             counts["fleet_size"] += 1
+            row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
                 write_state(seen.as_row())
@@ -144,6 +162,8 @@ def audit_night(
                 parts[status]({**row, **audited, "status": status})
     report_uri = f"{folder}/imei_changes.csv"
     write_csv(report_uri, report_columns, chain.from_iterable(read_csv(f"{work}/{s}.csv") for s in STATUSES))
+    changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
+    write_csv(changed_uri, ("iccid",), ({"iccid": row["iccid"]} for row in read_csv(f"{work}/changed.csv")))
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
@@ -152,6 +172,7 @@ def audit_night(
         leftover.unlink()
     return {
         "report_csv": report_uri,
+        "changed_iccids_uri": changed_uri,
         "state": str(state),
         "previous_state": str(previous) if previous else None,
         **counts,
@@ -180,7 +201,6 @@ def _joined(rows: Iterator[dict[str, str]], recorded: Iterator[Seen]) -> Iterato
 
 
 def _prune(audit_folder: str, keep_nights: int) -> None:
-    folder = ObjectStoragePath(f"{audit_folder}/state")
-    states = sorted((p for p in folder.iterdir() if _STATE_NAME.fullmatch(p.name)), key=lambda p: p.name)
-    for old in states[: max(0, len(states) - keep_nights)]:
+    states = _states(audit_folder)
+    for _, old in states[: max(0, len(states) - keep_nights)]:
         old.unlink()

@@ -76,6 +76,8 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
         ``changed_since``. Templated.
     :param output_uri: an ObjectStoragePath URI (``file://``, ``s3://``...) for the CSV. Templated.
     :param max_workers: calls in flight at once (default 16). Templated.
+    :param list_changed_iccids: False leaves ``changed_iccids`` out of XCom (the key and the summary), for a
+        caller that reads the rows instead (the fleet audit's batches): XCom then holds the counts only.
     """
 
     template_fields: Sequence[str] = (
@@ -100,11 +102,13 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
         changed_before: dt.datetime | str | None = None,
         output_uri: str | None = None,
         max_workers: int | None = None,
+        list_changed_iccids: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.iccids = iccids
         self.iccids_uri = iccids_uri
+        self.list_changed_iccids = list_changed_iccids
         self.m2m_conn_id = m2m_conn_id
         self.changed_since = changed_since
         self.changed_before = changed_before
@@ -132,14 +136,17 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
                 "uri": self.output_uri,
                 **counts,
                 "rows": written,
-                "changed_iccids": sorted(changed),
-                "changed_iccids_truncated": counts["changed"] > len(changed),
             }
+            if self.list_changed_iccids:
+                summary["changed_iccids"] = sorted(changed)
+                summary["changed_iccids_truncated"] = counts["changed"] > len(changed)
         self.log.info("%s; wrote %s", progress.line(), {**summary, "changed_iccids": f"{len(changed)} ICCIDs"})
         self._push_changed(context, changed, counts["changed"])
         return summary
 
     def _push_changed(self, context: Context, changed: list[str], total_changed: int) -> None:
+        if not self.list_changed_iccids:
+            return
         if total_changed > len(changed):
             self.log.warning(
                 "changed_iccids lists %d of the %d changed SIMs (XCom stays small); the rows have them all",
@@ -171,7 +178,7 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
             counts["unknown"] += record.last_change is None
             if record.changed_in(*window):
                 counts["changed"] += 1
-                if len(changed) < MAX_CHANGED_ICCIDS:
+                if self.list_changed_iccids and len(changed) < MAX_CHANGED_ICCIDS:
                     changed.append(record.iccid)
             elif filtered:
                 continue

@@ -26,6 +26,7 @@ from airflow_provider_m2m.hooks.daraja import clear_token_cache
 DAGS = ROOT / "airflow_provider_m2m" / "example_dags"
 DAG_FILES = {
     "fleet_imei_change_report": DAGS / "fleet_imei_change_report.py",
+    "fleet_audit_notify": DAGS / "fleet_audit_notify.py",
     "sms_notification_run": DAGS / "sms_notification_run.py",
     "sim_swap_screening": DAGS / "sim_swap_screening.py",
     "quarantine_moved_sims": DAGS / "quarantine_moved_sims.py",
@@ -140,6 +141,17 @@ def _fleet_dag(dags_folder: Path):
     return load_dag(dags_folder, DAG_FILES["fleet_imei_change_report"], "fleet_imei_change_report")
 
 
+def _mismatches(fleet, cutoff: dt.datetime) -> set[str]:
+    """The SIMs not in the device the inventory (the sample fleet file) lists, at the night's cutoff."""
+    found = set()
+    for sim in fleet.sims:
+        moved_after = sim.last_change is not None and sim.last_change >= cutoff  # then in its previous device
+        device = sim.previous_imei if moved_after else sim.normalized_imei
+        if device and fleet.expected_imei(sim.iccid) and device != fleet.expected_imei(sim.iccid):
+            found.add(sim.iccid)
+    return found
+
+
 def _report(tmp_path: Path) -> tuple[list[dict[str, str]], dict]:
     folder = tmp_path / "fleet_imei_change_report" / f"{INTERVAL_START:%Y-%m-%d}"
     return _rows(folder / "imei_changes.csv"), json.loads((folder / "summary.json").read_text())
@@ -162,15 +174,19 @@ def test_fleet_report_matches_the_sandbox_fleet(sb, dags_folder, tmp_path):
     dr = dag.test(logical_date=ANCHOR, run_conf={"report_base_uri": tmp_path.as_uri(), "batch_size": 300})
     states = _states(dr)
     assert dr.state == "success", states
-    assert sorted(i for (task, i), s in states.items() if task == "query_imeis" and s == "success") == [0, 1, 2, 3]
+    mapped = sorted(i for (task, i), s in states.items() if task == "imei_audit.query_imeis" and s == "success")
+    assert mapped == [0, 1, 2, 3]
 
     rows, summary = _report(tmp_path)
-    # The first audit (no state yet) takes the platform's dates: every change at or after the interval start.
-    expected = sb.fleet.changed_between(INTERVAL_START, INTERVAL_END + dt.timedelta(days=1))
+    # The first audit (no state yet) takes the platform's dates: every change from the interval start to the
+    # night's cutoff (its end); one at the cutoff belongs to the next night.
+    expected = sb.fleet.changed_between(INTERVAL_START, INTERVAL_END)
     assert len(expected) > 50  # about 10 % of the fleet: the check below is not vacuous
     _assert_changed_rows(rows, expected)
     unknown_sims = {sim.iccid for sim in sb.fleet.sims if sim.last_change is None}
-    mismatches = sb.fleet.inventory_mismatches
+    mismatches = _mismatches(sb.fleet, INTERVAL_END)
+    # The inventory's 5 and the SIM that moved at exactly the cutoff: at the cutoff it was in its previous device.
+    assert mismatches == {*sb.fleet.inventory_mismatches, sb.fleet.edge_cases["interval_end"]}
     assert [row["status"] for row in rows] == (
         ["changed"] * len(expected) + ["inventory_mismatch"] * len(mismatches) + ["unknown"] * len(unknown_sims)
     )
@@ -187,12 +203,14 @@ def test_fleet_report_matches_the_sandbox_fleet(sb, dags_folder, tmp_path):
 
     reported = {row["iccid"] for row in rows}
     edge = sb.fleet.edge_cases
-    # interval_end changed at exactly the interval's end: after the interval, yet since the audit's start
-    assert {edge["interval_start"], edge["last_second"], edge["interval_end"], edge["unknown"]} <= reported
+    assert {edge["interval_start"], edge["last_second"], edge["unknown"]} <= reported
     assert not {edge["just_before"], edge["never_changed"]} & reported
+    # interval_end changed at exactly the cutoff: the next night's change, not this one's
+    assert [row["status"] for row in rows if row["iccid"] == edge["interval_end"]] == ["inventory_mismatch"]
 
-    assert dt.datetime.fromisoformat(summary["interval_start"]) == INTERVAL_START
-    assert dt.datetime.fromisoformat(summary["interval_end"]) == INTERVAL_END
+    assert dt.datetime.fromisoformat(summary["since"]) == INTERVAL_START
+    assert dt.datetime.fromisoformat(summary["cutoff"]) == INTERVAL_END
+    assert summary["night"] == f"{INTERVAL_START:%Y-%m-%d}"
     unknown = sum(1 for sim in sb.fleet.sims if sim.last_change is None)
     assert {
         k: summary[k] for k in ("fleet_size", "changed", "first_seen", "inventory_mismatch", "unknown", "failed")
@@ -206,6 +224,60 @@ def test_fleet_report_matches_the_sandbox_fleet(sb, dags_folder, tmp_path):
     }
     assert summary["missing_batches"] == []
     assert sb.stats()["by_command"] == {"query_imei": 1000}
+
+
+# ------------------------------------------------------------------ nightly: SMS the SIMs that moved
+@pytest.fixture
+def notify(sb, dags_folder, tmp_path):
+    """The fleet_audit_notify example DAG, fed the first 300 SIMs of the sandbox fleet."""
+    sims = sb.fleet.sims[:300]
+    fleet_file = tmp_path / "fleet.csv"
+    with fleet_file.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["iccid", "asset_name", "msisdn"])
+        writer.writerows([sim.iccid, sim.asset_name, sim.msisdn] for sim in sims)
+    shutil.copytree(DAGS / "data", dags_folder / "data")
+    dag = load_dag(dags_folder, DAG_FILES["fleet_audit_notify"], "fleet_audit_notify")
+    return dag, {"fleet_uri": fleet_file.as_uri(), "report_base_uri": tmp_path.as_uri()}, sims
+
+
+def _moved(sims, start: dt.datetime, end: dt.datetime) -> set[str]:
+    return {sim.iccid for sim in sims if sim.previous_imei and sim.last_change and start <= sim.last_change < end}
+
+
+def test_notify_texts_each_moved_sim_once_scheduled_manual_and_backfill(sb, notify):
+    dag, conf, sims = notify
+    edge = sb.fleet.edge_cases
+    day = dt.timedelta(days=1)
+
+    # The scheduled run at ANCHOR's midnight (@daily: CronTriggerTimetable, an empty data interval).
+    run = dag.test(logical_date=ANCHOR, run_conf=conf)
+    assert run.state == "success", _states(run)
+    first_night = _moved(sims, ANCHOR - day, ANCHOR)
+    assert len(first_night) >= 10 and {edge["interval_start"], edge["last_second"]} <= first_night
+    assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night, 1)
+    texts = {entry["message_text"] for entry in sb.received("send_sms")}
+    assert texts == {"Your tracker's SIM moved to another device. Call us if that was not you."}
+
+    # A manual run without a logical date, triggered the next day: the change at exactly midnight, once.
+    run = dag.test(logical_date=None, run_after=ANCHOR + dt.timedelta(hours=7), run_conf=conf)
+    assert run.state == "success" and run.logical_date is None, _states(run)
+    assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night | {edge["interval_end"]}, 1)
+
+    # The next scheduled night: nothing moved since: a quiet night succeeds sending nothing.
+    run = dag.test(logical_date=ANCHOR + day, run_conf=conf)
+    assert run.state == "success", _states(run)
+    (tell,) = [ti for ti in run.get_task_instances() if ti.task_id == "tell_drivers"]
+    assert tell.state == "success" and tell.xcom_pull(task_ids="tell_drivers") == []
+    assert sum(sb.stats()["sms_per_iccid"].values()) == len(first_night) + 1
+
+    # A backfill of an earlier night in which SIMs moved (no state before it: its own first audit) texts them.
+    earlier = next(end for n in range(2, 900) if _moved(sims, (end := ANCHOR - n * day) - day, end))
+    run = dag.test(logical_date=earlier, run_conf=conf)
+    assert run.state == "success", _states(run)
+    then = _moved(sims, earlier - day, earlier)
+    assert then and not then & first_night
+    assert sb.stats()["sms_per_iccid"] == dict.fromkeys(first_night | {edge["interval_end"]} | then, 1)
 
 
 def test_fleet_report_lists_failed_sims(sb, dags_folder, tmp_path):
@@ -231,7 +303,7 @@ def test_fleet_report_lists_failed_sims(sb, dags_folder, tmp_path):
     assert set(failed) == set(strangers)
     assert all("invalid iccid" in row["error"] for row in failed.values()), failed
     assert {row["asset_name"] for row in failed.values()} == {"stranger-a", "stranger-b"}
-    expected = [sim for sim in sims if INTERVAL_START <= (sim.last_change or INTERVAL_START - dt.timedelta(1))]
+    expected = [sim for sim in sims if INTERVAL_START <= (sim.last_change or INTERVAL_START - dt.timedelta(1)) < ANCHOR]
     assert {sb.fleet.edge_cases["interval_start"], sb.fleet.edge_cases["last_second"]} <= {s.iccid for s in expected}
     _assert_changed_rows(rows, expected)
     unknown = sum(1 for sim in sims if sim.last_change is None)

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ANCHOR as TODAY
 from conftest import ROOT, load_dag
 
 from airflow_provider_m2m.sandbox import SANDBOX_CREDENTIALS, Fleet, Sandbox
@@ -130,7 +131,9 @@ def test_the_asset_event_carries_the_counts(sb, fleet_dag, tmp_path):
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    end = ANCHOR + 40 * DAY  # a night no other test uses: its own asset event
+    # A night after every change of the session sandbox (whose fleet changed up to today): no change is after
+    # the night's cutoff. No other test uses it: its own asset event.
+    end = TODAY + 40 * DAY
     dr = fleet_dag.test(logical_date=end, run_conf={"report_base_uri": tmp_path.as_uri(), "batch_size": 500})
     assert dr.state == "success"
     summary = json.loads((tmp_path / DAG_ID / f"{end - DAY:%Y-%m-%d}" / "summary.json").read_text())
@@ -151,12 +154,13 @@ def _mapped_batches(dr) -> int:
     from sqlalchemy import func, select
 
     with create_session() as session:
-        query = select(func.count()).where(TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "query_imeis")
+        query = select(func.count()).where(TaskInstance.run_id == dr.run_id)
+        query = query.where(TaskInstance.task_id == "imei_audit.query_imeis")
         return session.scalar(query.where(TaskInstance.dag_id == DAG_ID))
 
 
 def test_without_a_batch_size_the_batches_fill_the_pool_in_one_wave(sb, fleet_dag, tmp_path):
-    end = ANCHOR + 50 * DAY
+    end = TODAY + 50 * DAY
     conf = {"report_base_uri": tmp_path.as_uri(), "pool_slots": 3}  # the sample fleet: the sandbox's 1,000 SIMs
     dr = fleet_dag.test(logical_date=end, run_conf=conf)
     assert dr.state == "success"
@@ -211,7 +215,7 @@ def test_bad_input_fails_the_audit_before_any_platform_call(sb, fleet_dag, tmp_p
     )
     out, err = capfd.readouterr()
     states = {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
-    assert dr.state == "failed" and states[("plan_batches", -1)] == "failed", states
+    assert dr.state == "failed" and states[("imei_audit.plan_batches", -1)] == "failed", states
     assert sb.stats()["requests"] == 0 and sb.received() == []
     message = [line for line in (out + err).splitlines() if where in line and rule in line]
     assert message, (where, rule, (out + err)[-3000:])

@@ -34,15 +34,6 @@ PUBLIC_MODULES = [
 _DIRECTIVE = re.compile(r"^\.\. (auto\w+):: ([\w.]+)\n((?:   :.*\n)*)", re.M)
 
 
-def pending_merge() -> list[str]:
-    """docs/conf.py's ``pending_merge``: what the pages document that arrives with the release."""
-    tree = ast.parse((DOCS / "conf.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["pending_merge"]:
-            return ast.literal_eval(node.value)
-    return []
-
-
 def public_classes(module_name: str) -> dict[str, type]:
     """``{"module.Name": class}`` for the public classes of a module."""
     module = importlib.import_module(module_name)
@@ -90,12 +81,9 @@ def test_every_public_class_has_a_reference_entry():
     assert not missing, f"public classes without a reference entry in docs/reference: {missing}"
 
 
-def test_every_autodoc_target_exists_or_is_pending():
-    """A reference entry names something importable, unless docs/conf.py lists it as arriving with the release."""
-    pending = set(pending_merge())
+def test_every_autodoc_target_exists():
+    """A reference entry names something importable."""
     for target in documented():
-        if target in pending:
-            continue
         module, _, attribute = target.rpartition(".")
         try:
             importlib.import_module(target)

@@ -25,7 +25,10 @@ from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
 
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
 # The SMS DAG is one SmsRun task group, "notify": its tasks' ids.
-SEND, WAIT, REPORT = "notify.send_sms", "notify.wait_for_delivery", "notify.write_report"
+SEND, WAIT, SMS_REPORT = "notify.send_sms", "notify.wait_for_delivery", "notify.write_report"
+# The fleet DAG's audit task group: its tasks are "imei_audit.plan_batches", "imei_audit.query_imeis"...
+PLAN, QUERY, REPORT = "imei_audit.plan_batches", "imei_audit.query_imeis", "imei_audit.build_report"
+BATCHES_AT_ONCE = 4  # the fleet DAG's pool_slots default: the audit's own cap on its batches, no pool needed
 DAY = dt.timedelta(days=1)
 PLAN_XCOM_LIMIT = 64 * 1024
 SMS_DELIVERY_DELAY = 2.0  # the sandbox's default: seconds until a message settles
@@ -81,20 +84,26 @@ def _check_audit(stack, run_id: str, conf: dict, interval, size: int) -> dict:
     fleet = stack.sandbox.fleet
     sims = fleet.sims[:size]
     ours = {sim.iccid for sim in sims}
-    report, _ = stack.xcom(FLEET_DAG, run_id, "build_report")
+    report, _ = stack.xcom(FLEET_DAG, run_id, REPORT)
     assert report["complete"] and report["fleet_size"] == size and report["failed"] == 0, report
     rows = _rows(stack, report["report_csv"])
     changed = {r["iccid"] for r in rows if r["status"] == "changed"}
-    # The first audit (no state under this report folder yet) takes the platform's dates: every change at or
-    # after the interval start.
-    truth = {sim.iccid for sim in fleet.changed_between(interval[0], interval[1] + DAY)} & ours
+    # The first audit (no state under this report folder yet) takes the platform's dates: every change from the
+    # interval start to the night's cutoff (its end; a change at or after it belongs to the next night).
+    truth = {sim.iccid for sim in fleet.changed_between(interval[0], interval[1])} & ours
     assert len(truth) > size // 20 and changed == truth, (len(changed), len(truth))
     unknown = {sim.iccid for sim in sims if sim.last_change is None}
     assert {r["iccid"] for r in rows if r["status"] == "unknown"} == unknown
-    mismatches = set(fleet.inventory_mismatches) & ours
+    # Not in the device the fleet file expects, at the night's cutoff (a SIM that moved at or after it was then in
+    # its previous device: the sandbox's SIM that moved at exactly the cutoff, besides the inventory's own 5).
+    at_cutoff = {sim.iccid: sim.previous_imei if sim.last_change and sim.last_change >= interval[1]
+                 else sim.normalized_imei for sim in sims}  # fmt: skip
+    expected = {sim.iccid: fleet.expected_imei(sim.iccid) for sim in sims}
+    mismatches = {i for i, device in at_cutoff.items() if device and expected[i] and device != expected[i]}
+    assert set(fleet.inventory_mismatches) & ours <= mismatches
     assert {r["iccid"] for r in rows if r["status"] == "inventory_mismatch"} == mismatches
 
-    plan, plan_bytes = stack.xcom(FLEET_DAG, run_id, "plan_batches")
+    plan, plan_bytes = stack.xcom(FLEET_DAG, run_id, PLAN)
     folder = night_folder(conf["report_base_uri"], interval[0].date())
     seen = Counter()
     for batch in plan:
@@ -122,19 +131,19 @@ def test_nightly_audit_of_100k_sims_on_celery_and_s3(stack, tmp_path):
     )
     checked = _check_audit(stack, run_id, conf, interval, size)
 
-    batches = stack.task_instances(FLEET_DAG, run_id, "query_imeis")
+    batches = stack.task_instances(FLEET_DAG, run_id, QUERY)
     assert len(batches) == checked["batches"] and {ti["state"] for ti in batches} == {"success"}
     hosts = Counter(ti["hostname"] for ti in batches)
     assert set(hosts) == set(WORKERS), f"batches by worker: {hosts}"
-    assert {ti["pool"] for ti in batches} == {"m2m_platform"}
+    assert {ti["pool"] for ti in batches} == {"default_pool"}  # no pool to create: the audit caps itself
     most = _most_at_once([_span(ti) for ti in batches])
-    assert most <= stack.pool_slots, f"{most} batches ran at once on a pool of {stack.pool_slots}"
+    assert most <= BATCHES_AT_ONCE, f"{most} batches ran at once; the audit's cap is {BATCHES_AT_ONCE}"
     stats = stack.sandbox.stats()
     calls = stats["by_command"].get("query_imei", 0) - before["by_command"].get("query_imei", 0)
     limited = stats["rate_limited"] - before["rate_limited"]
     floor = size / stack.sandbox_options["rate_limit"]
     print(
-        f"  batches by worker {dict(hosts)}; at most {most} at once (pool of {stack.pool_slots} slots); "
+        f"  batches by worker {dict(hosts)}; at most {most} at once (the audit's cap: {BATCHES_AT_ONCE}); "
         f"{calls} query_imei calls, {limited} answered 429; trigger to report {wall:.0f} s, "
         f"platform floor {floor:.0f} s: {floor / wall:.2f} of the limit"
     )
@@ -177,7 +186,7 @@ def _check_sms_run(stack, run_id: str, iccids: list[str], before: dict) -> dict:
     sent = stack.sandbox.stats()["sms_per_iccid"]
     delta = {i: n - before.get(i, 0) for i, n in sent.items() if n != before.get(i, 0)}
     assert delta == dict.fromkeys(iccids, 1), f"messages per SIM: {Counter(delta.values())}, {len(delta)} SIMs"
-    result, _ = stack.xcom(SMS_DAG, run_id, REPORT)
+    result, _ = stack.xcom(SMS_DAG, run_id, SMS_REPORT)
     rows = _rows(stack, result["report_csv"])
     assert [r["iccid"] for r in rows] == iccids
     assert {r["outcome"] for r in rows} == {"success"} and all(r["sms_uid"] for r in rows)
@@ -269,7 +278,7 @@ def test_worker_killed_mid_audit_report_still_exact(stack, tmp_path):
     run_id, conf, interval = _audit(stack, tmp_path, size, batch_size, "killed-worker", dt.timedelta(hours=1))
 
     def batches_running():
-        running = _running(stack, FLEET_DAG, run_id, "query_imeis")
+        running = _running(stack, FLEET_DAG, run_id, QUERY)
         return len(running) >= 2 and running[0]["hostname"]
 
     victim = stack.airflow.wait_until(batches_running, 300, "the audit's batches to run", interval=0.5)
@@ -280,11 +289,11 @@ def test_worker_killed_mid_audit_report_still_exact(stack, tmp_path):
     finally:
         stack.restart(victim)
     assert state == "success", stack.task_instances(FLEET_DAG, run_id)
-    retried = [ti for ti in stack.task_instances(FLEET_DAG, run_id, "query_imeis") if ti["try_number"] > 1]
+    retried = [ti for ti in stack.task_instances(FLEET_DAG, run_id, QUERY) if ti["try_number"] > 1]
     assert retried and all(ti["hostname"] != victim for ti in retried), retried
     print(f"\naudit of {size} SIMs: worker {victim} SIGKILLed mid-batch; {len(retried)} batches retried elsewhere")
     _check_audit(stack, run_id, conf, interval, size)
-    tries = stack.tries(FLEET_DAG, run_id, "query_imeis")
+    tries = stack.tries(FLEET_DAG, run_id, QUERY)
     first = {t["map_index"]: t["hostname"] for t in tries if t["try_number"] == 1}
     assert {first[ti["map_index"]] for ti in retried} == {victim}, first
 
