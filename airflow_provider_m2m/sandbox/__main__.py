@@ -32,6 +32,14 @@ def _anchor(value: str) -> datetime:
     return dt
 
 
+def _flag(text: str) -> bool:
+    if text.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m airflow_provider_m2m.sandbox", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
@@ -44,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sms-delivery-delay", type=float, default=2.0, help="seconds until an SMS is delivered (or fails)")
     p.add_argument("--anchor", type=_anchor, default=None, help="end of 'the last day' (default: midnight UTC)")
     p.add_argument("--timeline-days", type=int, default=0, help="days after the anchor with device changes")
+    p.add_argument(
+        "--one-live-token",
+        type=_flag,
+        default=True,
+        help="Daraja's rule: a new token invalidates the app's previous one (true, as the platform has it, or false)",
+    )
     p.add_argument("--write-fleet", metavar="PATH", help="write the fleet CSV and exit")
     p.add_argument("--self-check", action="store_true", help="run one call of each kind and exit")
     for name, value in SANDBOX_CREDENTIALS.items():
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         token_ttl=args.token_ttl,
         sms_delivery_delay=args.sms_delivery_delay,
         host=args.host,
+        one_live_token=args.one_live_token,
         **creds,
     )
     if args.self_check:
