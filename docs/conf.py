@@ -35,11 +35,11 @@ exclude_patterns = [
 # so names outside this package (Airflow's, the standard library's) are left as plain text.
 nitpicky = True
 # Internal modules (utils/, protocol/, the feature packages' submodules) have no pages: a docstring may still
-# name their functions for a reader of the code.
+# name them or their functions for a reader of the code.
 nitpick_ignore_regex = [
     (r"py:.*", r"(?!airflow_provider_m2m\.).*"),
     (r"py:.*", r"airflow_provider_m2m\.(utils|protocol)\..*"),
-    (r"py:.*", r"airflow_provider_m2m\.(sms|fleet_audit|sandbox)\.[a-z_]+\..*"),
+    (r"py:.*", r"airflow_provider_m2m\.(sms|fleet_audit|sandbox)\.[a-z_]+(\..*)?"),
 ]
 
 autodoc_default_options = {"members": True, "member-order": "bysource"}
