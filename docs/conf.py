@@ -25,11 +25,7 @@ extensions = [
 source_suffix = {".md": "markdown"}
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
-exclude_patterns = [
-    "_build",
-    # Notes written beside each change, for whoever folds them into these pages: not pages themselves.
-    "notes",
-]
+exclude_patterns = ["_build"]
 
 # Every cross-reference must resolve (`make docs` passes -n). No intersphinx: the build runs without internet,
 # so names outside this package (Airflow's, the standard library's) are left as plain text.
