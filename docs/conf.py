@@ -25,21 +25,17 @@ extensions = [
 source_suffix = {".md": "markdown"}
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
-exclude_patterns = [
-    "_build",
-    # Notes written beside each change, for whoever folds them into these pages: not pages themselves.
-    "notes",
-]
+exclude_patterns = ["_build"]
 
 # Every cross-reference must resolve (`make docs` passes -n). No intersphinx: the build runs without internet,
 # so names outside this package (Airflow's, the standard library's) are left as plain text.
 nitpicky = True
 # Internal modules (utils/, protocol/, the feature packages' submodules) have no pages: a docstring may still
-# name their functions for a reader of the code.
+# name them or their functions for a reader of the code.
 nitpick_ignore_regex = [
     (r"py:.*", r"(?!airflow_provider_m2m\.).*"),
     (r"py:.*", r"airflow_provider_m2m\.(utils|protocol)\..*"),
-    (r"py:.*", r"airflow_provider_m2m\.(sms|fleet_audit|sandbox)\.[a-z_]+\..*"),
+    (r"py:.*", r"airflow_provider_m2m\.(sms|fleet_audit|sandbox)\.[a-z_]+(\..*)?"),
 ]
 
 autodoc_default_options = {"members": True, "member-order": "bysource"}
