@@ -2,7 +2,7 @@
 ### Device replies
 
 Runs when SIM Insight pushes SMS sent by devices (MO): the provider's push receiver turns each one into an
-event on the asset ``sim_insight_mo_sms`` (see the README, "Push services"), and this DAG is scheduled on it.
+event on the asset ``sim_insight_mo_sms`` (see the docs, "Receive pushes"), and this DAG is scheduled on it.
 Each run writes the messages that triggered it to ``reports/device_replies/<run id>/replies.csv``: ICCID,
 MSISDN, the time SIM Insight received the message (UTC), its text and the item's ``api_did``.
 
@@ -58,5 +58,5 @@ with DAG(
         return sorted({reply["iccid"] for reply in replies if reply.get("text", "").strip().upper() == "HELP"})
 
     help_iccids = asked_for_help(write_replies())
-    SendSmsOperator(task_id="send_help", iccids=help_iccids, message_text=HELP_TEXT, pool="m2m_platform")
+    SendSmsOperator(task_id="send_help", iccids=help_iccids, message_text=HELP_TEXT)
     # [END howto_receive_pushes]

@@ -2,8 +2,9 @@
 The fleet audit's plan: check the fleet file, cut it into batch files on object storage, and hand Airflow only
 a small item per batch, so XCom grows with the number of batches, never with the fleet.
 
-Layout under the night's folder (``<report_base_uri>/<dag_id>/<YYYY-MM-DD>``; ``<dag_id>/<group_id>`` when a
-DAG holds more than one audit)::
+Layout under the night's folder (``<report_base_uri>/<dag_id>/<night>``, the night named by the date it covers
+or by its cutoff, see :mod:`~airflow_provider_m2m.fleet_audit.night`; ``<dag_id>/<group_id>`` when a DAG holds
+more than one audit)::
 
     batches/input-NNNNN.csv     a batch's fleet rows (all the fleet file's columns), sorted by ICCID
     batches/batch-NNNNN.csv     its query rows (QueryImeiOperator's ``output_uri``, from ``iccids_uri``)

@@ -6,11 +6,11 @@ Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id
 
     state/<night>.csv.gz                 one per successful night (its name: the date it covers, or its cutoff
                                          for a night that does not end at midnight): iccid,imei,last_change
-    <YYYY-MM-DD>/batches/input-N.csv     each batch's fleet rows, sorted by ICCID (see fleet_plan)
-    <YYYY-MM-DD>/batches/batch-N.csv     the query rows of each batch (QueryImeiOperator's output_uri)
-    <YYYY-MM-DD>/imei_changes.csv        the night's report
-    <YYYY-MM-DD>/changed_iccids.csv      its ``changed`` SIMs (an ``iccid`` column)
-    <YYYY-MM-DD>/work/                   sorted runs and per-status parts while the diff runs (removed after)
+    <night>/batches/input-N.csv          each batch's fleet rows, sorted by ICCID (see fleet_audit.plan)
+    <night>/batches/batch-N.csv          the query rows of each batch (QueryImeiOperator's output_uri)
+    <night>/imei_changes.csv             the night's report
+    <night>/changed_iccids.csv           its ``changed`` SIMs (an ``iccid`` column)
+    <night>/work/                        sorted runs and per-status parts while the diff runs (removed after)
 
 Why this shape:
 

@@ -2,9 +2,10 @@
 :class:`SmsRun`: one SMS to many SIMs as one task group a user drops into a DAG.
 
 Tasks (ids prefixed with the group's): ``validate_and_plan`` -> ``send_sms`` (mapped, one per batch) ->
-``wait_for_delivery`` (deferrable) -> ``write_report``. Rows live in object storage (see
-:mod:`~airflow_provider_m2m.sms.report`); XCom carries URIs and counts, so it grows with the batches, never
-with the SIMs.
+``wait_for_delivery`` (deferrable) -> ``write_report``, plus ``batches_to_send`` and ``delivery_wait``, which
+turn the plan into the lists the two mapped tasks expand over (Airflow maps over a task's return value only).
+Rows live in object storage (see :mod:`~airflow_provider_m2m.sms.report`); XCom carries URIs and counts,
+so it grows with the batches, never with the SIMs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class SmsRun(TaskGroup):
        then are reported as pending (the wait is skipped, not failed).
     4. ``write_report``: ``outcomes.csv``, one row per SIM, failures included (a SIM whose batch task did not
        run is ``not_attempted``); it fails the run, after writing the report, when any SIM was not confirmed
-       sent.
+       sent (without retries: the sends' own retries are over, and rewriting the report cannot send).
+
+    Two small tasks between them, ``batches_to_send`` and ``delivery_wait``, turn the plan into the lists
+    ``send_sms`` and ``wait_for_delivery`` are mapped over (empty on a dry run, so both are skipped).
 
     Files go under ``<report_base_uri>/<dag_id>/<run_id>/<group_id>/``.
 
@@ -231,6 +235,7 @@ def wait_arguments(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def write_report(*, plan: dict[str, Any], ti: Any = None) -> dict[str, Any]:
     """Write the per-SIM report; fail the run, once it is written, if any SIM was not confirmed sent."""
     from airflow_provider_m2m.sms.report import merge_report
+    from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
     summary = merge_report(plan["folder"], plan["batches"], plan["dry_run"])
     print(f"Report: {summary['report_csv']}\nOutcomes: {summary['outcomes']}\nDelivery: {summary['delivery'] or '-'}")
@@ -238,5 +243,6 @@ def write_report(*, plan: dict[str, Any], ti: Any = None) -> dict[str, Any]:
     if unconfirmed:
         ti.xcom_push(key="return_value", value=summary)  # readable downstream (all_done) even so
         where = summary["report_csv"]
-        raise RuntimeError(f"report written to {where}, but not every SMS was confirmed sent: {unconfirmed}")
+        # Not retried: the sends are settled (their own retries are over); writing the report again sends nothing.
+        raise AirflowFailException(f"report written to {where}, but not every SMS was confirmed sent: {unconfirmed}")
     return summary
