@@ -65,8 +65,9 @@ _TOKEN_LOCK = threading.Lock()
 
 def clear_token_cache() -> None:
     """
-    Forget every access token this process knows, in the process and in the shared store (tests, or after
-    rotating a consumer secret).
+    Forget the access tokens: this process's, and the shared store's (every app's record where this process
+    reaches the metadata DB; inside a task, the records it used). For tests, or to make every worker fetch a
+    new token.
     """
     with _TOKEN_LOCK:
         _TOKENS.clear()

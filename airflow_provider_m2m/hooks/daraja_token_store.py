@@ -138,9 +138,22 @@ def write(key: str, record: dict[str, Any]) -> None:
 
 
 def forget_all() -> None:
-    """Delete every record this process used (tests, or after rotating a consumer secret); best effort."""
+    """
+    Delete the stored tokens (tests, or to make every worker fetch a new one); best effort. With the metadata DB
+    at hand, every app's record goes, also those written by other processes; inside a task (no listing through
+    the Task SDK), the records this process used.
+    """
     with _LOCAL_LOCK:
         _LOCAL.clear()
+    if not _in_task() and _has_db():
+        from airflow.models import Variable as DbVariable
+        from airflow.utils.session import create_session
+        from sqlalchemy import delete
+
+        with create_session() as session:
+            session.execute(delete(DbVariable).where(DbVariable.key.startswith(KEY_PREFIX)))
+        _KNOWN_KEYS.clear()
+        return
     for key in list(_KNOWN_KEYS):
         try:
             if _in_task():
