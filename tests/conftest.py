@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from airflow_provider_m2m.sandbox.airflow_home import airflow_home_env, new_airflow_home
 
@@ -24,6 +25,10 @@ os.environ.update(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # The OpenLineage provider is part of the test install; only tests/dags/test_lineage.py turns it on.
         "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+        # One Fernet key for this process and every subprocess, as a deployment has: without it, the first
+        # `airflow` subprocess writes a key of its own into the home's airflow.cfg, and Variables it encrypts
+        # (the shared Daraja token) read back as ciphertext in this process, which loaded its config before.
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
     }
 )
 
