@@ -25,6 +25,15 @@ from .remote import READY_PREFIX
 from .state import SANDBOX_CREDENTIALS
 
 
+def _flag(value: str) -> bool:
+    """``True``/``False`` (as RemoteSandbox passes a bool), also 1/0, yes/no, on/off."""
+    if value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
 def _anchor(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if dt.tzinfo is None:
@@ -44,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sms-delivery-delay", type=float, default=2.0, help="seconds until an SMS is delivered (or fails)")
     p.add_argument("--anchor", type=_anchor, default=None, help="end of 'the last day' (default: midnight UTC)")
     p.add_argument("--timeline-days", type=int, default=0, help="days after the anchor with device changes")
+    p.add_argument(
+        "--one-live-token",
+        type=_flag,
+        default=True,
+        help="Daraja's one live token per app (True, the default, as on the platform; False turns it off)",
+    )
     p.add_argument("--write-fleet", metavar="PATH", help="write the fleet CSV and exit")
     p.add_argument("--self-check", action="store_true", help="run one call of each kind and exit")
     for name, value in SANDBOX_CREDENTIALS.items():
@@ -134,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         token_ttl=args.token_ttl,
         sms_delivery_delay=args.sms_delivery_delay,
+        one_live_token=args.one_live_token,
         host=args.host,
         **creds,
     )
