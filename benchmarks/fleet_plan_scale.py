@@ -12,12 +12,13 @@ after the imports (what the task itself added). Prints JSON; never asserts::
     .venv/bin/python benchmarks/fleet_plan_scale.py                      # 100,000 and 1,000,000 SIMs
     .venv/bin/python benchmarks/fleet_plan_scale.py --sims 20000 --batch-size 500
     .venv/bin/python benchmarks/fleet_plan_scale.py --batch-size 0          # automatic, as the DAG's default
+    .venv/bin/python benchmarks/fleet_plan_scale.py --task plan --folder F --sims N --batch-size B   (one step)
 
 ``--batch-size 0`` sizes the batches as the DAG does by default (from the fleet, for a pool of 4 slots).
 ``plan_two_pass_s`` is the plan as it was (a count pass when automatic, then the cut, then a merge of the batch
-files for the duplicate check), timed in the same run beside ``plan_s`` (one read of the fleet file);
-``--no-two-pass`` leaves it out.
-    .venv/bin/python benchmarks/fleet_plan_scale.py --task plan --folder F --sims N --batch-size B   (one step)
+files for the duplicate check), timed in the same run beside ``plan_s`` (one read of the fleet file); likewise
+``report_merged_s`` is the report merging the batches (as before they were ICCID ranges) beside ``report_s``
+(each batch read once, in order). ``--no-two-pass`` leaves both out.
 """
 
 from __future__ import annotations
@@ -143,14 +144,18 @@ def query(folder: Path) -> dict:
     return {}
 
 
-def report(folder: Path) -> dict:
-    """``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth."""
+def report(folder: Path, merged: bool = False) -> dict:
+    """
+    ``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth.
+    ``merged``: the batches handed over last first, so the report merges them as it did before they were ranges.
+    """
     from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
     from airflow_provider_m2m.fleet_audit.state import audit_night
 
     night = night_folder(folder.as_uri(), NIGHT)
     base = _rss_mb()
     files = [batch_uris(night, b["batch"]) for b in json.loads((folder / "plan.json").read_text())]
+    files = files[::-1] if merged else files
     result = audit_night(
         batches=[(f["iccids_uri"], f["output_uri"]) for f in files],
         audit_folder=_audit(folder),
@@ -183,6 +188,7 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
         old = _timed("plan-two-pass", tmp, sims, batch_size) if two_pass else None
         planned, plan_s = _timed("plan", tmp, sims, batch_size)  # last: the report reads its batch files
         _step("query", tmp, sims, batch_size)
+        merged = _timed("report-merged", tmp, sims, batch_size) if two_pass else None
         reported, report_s = _timed("report", tmp, sims, batch_size)
     return {
         "sims": sims,
@@ -195,6 +201,7 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
         **({"plan_two_pass_s": round(old[1], 1), "plan_two_pass_growth_mb": old[0]["growth_mb"]} if old else {}),
         "report_growth_mb": reported["growth_mb"],
         "report_s": round(report_s, 1),
+        **({"report_merged_s": round(merged[1], 1)} if merged else {}),
         "fleet_size": reported["fleet_size"],
         "changed": reported["changed"],
     }
@@ -205,7 +212,7 @@ def main() -> None:
     parser.add_argument("--sims", type=int, action="append", help="fleet size (repeatable; default 100k and 1M)")
     parser.add_argument("--batch-size", type=int, default=BATCH, help="SIMs per batch (0: automatic)")
     parser.add_argument("--no-two-pass", action="store_true", help="skip the old two-pass plan (side by side)")
-    tasks = ["generate", "plan", "plan-two-pass", "query", "report"]
+    tasks = ["generate", "plan", "plan-two-pass", "query", "report", "report-merged"]
     parser.add_argument("--task", choices=tasks, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,6 +224,7 @@ def main() -> None:
             step = {"plan": lambda: plan(args.folder, args.batch_size), "query": lambda: query(args.folder)}
             step["plan-two-pass"] = lambda: plan(args.folder, args.batch_size, two_pass=True)
             step["report"] = lambda: report(args.folder)
+            step["report-merged"] = lambda: report(args.folder, merged=True)
             print(json.dumps(step[args.task]()))
         return
     for sims in args.sims or [100_000, 1_000_000]:
