@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from itertools import chain
 from logging import Logger
 
@@ -116,15 +117,20 @@ class BatchProgress:
         # The rest is not flushed: the final file is written next, from these records, and then the parts go.
 
     def remove(self) -> None:
-        """Remove the parts (and any half-written one): call once the final file is in place."""
-        if not self.folder.exists():
-            return
-        for leftover in self.folder.iterdir():
-            leftover.unlink(missing_ok=True)
+        """
+        Remove the parts (and any half-written one): call once the final file is in place. Best effort: the batch
+        is done, so a store that refuses a delete costs a warning (the parts are left), not the task.
+        """
         try:
+            if not self.folder.exists():
+                return
+            for leftover in self.folder.iterdir():
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            self.log.warning("The batch is written, but its parts in %s were not all removed: %s", self.folder, exc)
+            return
+        with suppress(OSError, NotImplementedError):  # object stores have no folders to remove
             self.folder.rmdir()
-        except (FileNotFoundError, NotImplementedError, OSError):  # object stores have no folders to remove
-            pass
 
     def _write(self, rows: list[dict[str, str | None]]) -> None:
         write_csv(self.folder / f"part-{self.try_number}-{self._next:05d}.csv", self.columns, rows)
