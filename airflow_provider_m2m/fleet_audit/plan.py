@@ -32,7 +32,7 @@ import heapq
 import json
 import marshal
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from itertools import chain, islice
 from operator import itemgetter
@@ -54,6 +54,7 @@ MAX_OPEN_RUNS = 256
 #: Rows per block of a run file (what the merge holds of each run).
 RUN_BLOCK = 128
 _ICCID = itemgetter(0)  # a run's rows are tuples in the fleet's columns, the ICCID first
+_Row = tuple[Any, ...]
 #: The example DAG's id: the audit's folder under ``report_base_uri`` when no other is named.
 AUDIT_NAME = "fleet_imei_change_report"
 
@@ -177,16 +178,17 @@ def plan_fleet(
     return plan
 
 
-def _sorted_runs(rows: Iterator[dict[str, str]], scratch: Path, columns: tuple[str, ...]) -> tuple[list[Path], int]:
+def _sorted_runs(rows: Iterable[Mapping[str, str]], scratch: Path, columns: tuple[str, ...]) -> tuple[list[Path], int]:
     """Cut ``rows`` into runs of :data:`RUN_ROWS` rows sorted by ICCID (one run in memory); their files, the count."""
-    runs, count = [], 0
+    runs: list[Path] = []
+    count = 0
     for run in chunked((tuple(map(row.get, columns)) for row in rows), RUN_ROWS):
         runs.append(_write_run(scratch / f"run-{len(runs):05d}", sorted(run, key=_ICCID)))
         count += len(run)
     return runs, count
 
 
-def _merged_runs(runs: list[Path], scratch: Path) -> Iterator[tuple[str, ...]]:
+def _merged_runs(runs: list[Path], scratch: Path) -> Iterator[_Row]:
     """The runs' rows in ICCID order: one k-way merge, after rounds merging groups of runs when there are many."""
     round_ = 0
     while len(runs) > MAX_OPEN_RUNS:
@@ -198,29 +200,29 @@ def _merged_runs(runs: list[Path], scratch: Path) -> Iterator[tuple[str, ...]]:
     return heapq.merge(*map(_read_run, runs), key=_ICCID)
 
 
-def _write_run(path: Path, rows: Iterable[tuple[str, ...]]) -> Path:
+def _write_run(path: Path, rows: Iterable[_Row]) -> Path:
     with path.open("wb") as file:
         for block in chunked(rows, RUN_BLOCK):
             marshal.dump(block, file)
     return path
 
 
-def _read_run(path: Path) -> Iterator[tuple[str, ...]]:
+def _read_run(path: Path) -> Iterator[_Row]:
     with path.open("rb") as file:
         while True:
             try:
-                block = marshal.load(file)
+                block = marshal.load(file)  # nosec B302  # our own file, in this call's private temporary folder
             except EOFError:
                 return
             yield from block
 
 
-def _each_sim_once(rows: Iterator[tuple[str, ...]], fleet_uri: str) -> Iterator[tuple[str, ...]]:
+def _each_sim_once(rows: Iterator[_Row], fleet_uri: str) -> Iterator[_Row]:
     """Pass the merged rows on, checking each ICCID is listed once: sorted, a repeat is its own neighbour."""
     before = None
     for row in rows:
         if row[0] == before:
-            raise _listed_twice(before, fleet_uri)
+            raise _listed_twice(row[0], fleet_uri)
         before = row[0]
         yield row
 

@@ -127,10 +127,11 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             changed: list[str] = []
-            answers = self.hook.query_imeis(numbers, workers) if not self.output_uri else None
             if self.output_uri:  # a retry resumes: it queries only the SIMs the earlier tries did not answer
                 batch = BatchProgress(self.output_uri, CSV_COLUMNS, context["ti"].try_number, self.log)
                 answers = batch.answers(numbers, lambda left: self.hook.query_imeis(left, workers))
+            else:
+                answers = self.hook.query_imeis(numbers, workers)
             records = self._kept(answers, window, progress, counts, changed)
             kept = (record.as_dict() for record in records)
             if not self.output_uri:

@@ -25,18 +25,22 @@ executor; the rows have to reach object storage anyway (they are the output); an
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from itertools import chain
-from logging import Logger
+from typing import TYPE_CHECKING
 
 import pendulum
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord
 from airflow_provider_m2m.utils.files import read_csv, write_csv
+
+if TYPE_CHECKING:
+    from airflow_provider_m2m.utils.version_compat import TaskLog
 
 #: A part is flushed after this many answers...
 PART_ROWS = 1_000
@@ -61,7 +65,7 @@ class BatchProgress:
     :param log: where resuming is reported.
     """
 
-    def __init__(self, output_uri: str, columns: Sequence[str], try_number: int, log: Logger) -> None:
+    def __init__(self, output_uri: str, columns: Sequence[str], try_number: int, log: TaskLog) -> None:
         self.folder = parts_folder(output_uri)
         self.columns = columns
         self.try_number = try_number
@@ -147,6 +151,13 @@ def _record(row: dict[str, str]) -> ImeiRecord:
     return ImeiRecord(
         iccid=row["iccid"],
         current_imei=row.get("current_imei") or None,
-        last_change=pendulum.parse(row["last_change"]) if row.get("last_change") else None,
+        last_change=_instant(row.get("last_change")),
         previous_imei=row.get("previous_imei") or None,
     )
+
+
+def _instant(text: str | None) -> pendulum.DateTime | None:
+    """``last_change`` as ``as_dict()`` wrote it (ISO 8601, UTC), back to the DateTime it was."""
+    if not text:
+        return None
+    return pendulum.instance(dt.datetime.fromisoformat(text))
