@@ -11,7 +11,14 @@ after the imports (what the task itself added). Prints JSON; never asserts::
 
     .venv/bin/python benchmarks/fleet_plan_scale.py                      # 100,000 and 1,000,000 SIMs
     .venv/bin/python benchmarks/fleet_plan_scale.py --sims 20000 --batch-size 500
+    .venv/bin/python benchmarks/fleet_plan_scale.py --batch-size 0          # automatic, as the DAG's default
     .venv/bin/python benchmarks/fleet_plan_scale.py --task plan --folder F --sims N --batch-size B   (one step)
+
+``--batch-size 0`` sizes the batches as the DAG does by default (from the fleet, for a pool of 4 slots).
+``plan_two_pass_s`` is the plan as it was (a count pass when automatic, then the cut, then a merge of the batch
+files for the duplicate check), timed in the same run beside ``plan_s`` (one read of the fleet file); likewise
+``report_merged_s`` is the report merging the batches (as before they were ICCID ranges) beside ``report_s``
+(each batch read once, in order). ``--no-two-pass`` leaves both out.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import tempfile
 from pathlib import Path
 
 NIGHT = dt.date(2026, 3, 2)
-BATCH = 1000
+BATCH = 1000  # figure 8's batches (1,000 at 1,000,000 SIMs); 0: automatic, as the DAG's default
+POOL_SLOTS = 4  # the pool the automatic size fills
 
 
 def _rss_mb() -> float:
@@ -64,12 +72,16 @@ def _audit(folder: Path) -> str:
     return audit_folder(folder.as_uri())
 
 
-def plan(folder: Path, batch_size: int) -> dict:
+def plan(folder: Path, batch_size: int, two_pass: bool = False) -> dict:
     """``plan_batches``' work in this process: the plan, its XCom bytes, the peak RSS growth."""
     from airflow_provider_m2m.fleet_audit.plan import plan_fleet, plan_size
 
+    fleet_uri, size = f"{folder.as_uri()}/fleet.csv", batch_size or None
     base = _rss_mb()
-    result = plan_fleet(f"{folder.as_uri()}/fleet.csv", folder.as_uri(), NIGHT, batch_size)
+    if two_pass:
+        result = _two_pass_plan(fleet_uri, folder.as_uri(), size)
+    else:
+        result = plan_fleet(fleet_uri, folder.as_uri(), NIGHT, size, pool_slots=POOL_SLOTS)
     growth = _peak_mb() - base
     (folder / "plan.json").write_text(json.dumps(result))
     return {
@@ -78,6 +90,43 @@ def plan(folder: Path, batch_size: int) -> dict:
         "xcom_bytes": plan_size(result),
         "growth_mb": round(growth, 1),
     }
+
+
+def _two_pass_plan(fleet_uri: str, base_uri: str, batch_size: int | None) -> list[dict]:
+    """
+    The plan as it was before it read the fleet once, for the side-by-side figure: a count pass for the
+    automatic size, then batches cut in the file's order (each sorted in memory), then a k-way merge of the
+    batch files for the duplicate check.
+    """
+    from contextlib import closing
+    from itertools import islice
+
+    from airflow_provider_m2m.fleet_audit.plan import audit_folder, batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.rules import checked_fleet
+    from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
+    from airflow_provider_m2m.fleet_audit.state import check_previous_state
+    from airflow_provider_m2m.utils.files import merged_csv, write_csv
+    from airflow_provider_m2m.utils.fleet_file import read_fleet
+
+    if not batch_size:
+        with closing(read_fleet(fleet_uri)) as counted:
+            batch_size = batch_size_for(sum(1 for _ in counted), POOL_SLOTS)
+    folder = night_folder(base_uri, NIGHT)
+    check_previous_state(audit_folder(base_uri), NIGHT)
+    rows = checked_fleet(read_fleet(fleet_uri), fleet_uri)
+    columns = ("iccid", "asset_name", "expected_imei")
+    plan, inputs = [], []
+    while batch := list(islice(rows, batch_size)):
+        uri = batch_uris(folder, len(plan))["iccids_uri"]
+        write_csv(uri, columns, sorted(batch, key=lambda row: row["iccid"]))
+        plan.append({"batch": len(plan), "sims": len(batch)})
+        inputs.append(uri)
+    before = None
+    with closing(merged_csv(inputs, f"{folder}/work", columns)) as merged:
+        for row in merged:
+            assert row["iccid"] != before, f"{before} listed twice"
+            before = row["iccid"]
+    return plan
 
 
 def query(folder: Path) -> dict:
@@ -95,14 +144,18 @@ def query(folder: Path) -> dict:
     return {}
 
 
-def report(folder: Path) -> dict:
-    """``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth."""
+def report(folder: Path, merged: bool = False) -> dict:
+    """
+    ``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth.
+    ``merged``: the batches handed over last first, so the report merges them as it did before they were ranges.
+    """
     from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
     from airflow_provider_m2m.fleet_audit.state import audit_night
 
     night = night_folder(folder.as_uri(), NIGHT)
     base = _rss_mb()
     files = [batch_uris(night, b["batch"]) for b in json.loads((folder / "plan.json").read_text())]
+    files = files[::-1] if merged else files
     result = audit_night(
         batches=[(f["iccids_uri"], f["output_uri"]) for f in files],
         audit_folder=_audit(folder),
@@ -120,29 +173,35 @@ def _step(task: str, folder: str, sims: int, batch_size: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(sims: int, batch_size: int = BATCH) -> dict:
-    """Generate, plan, query (stand-in) and report, each in its own process; the plan's and report's figures."""
+def _timed(task: str, folder: str, sims: int, batch_size: int) -> tuple[dict, float]:
     import time
 
+    began = time.perf_counter()
+    result = _step(task, folder, sims, batch_size)
+    return result, time.perf_counter() - began
+
+
+def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
+    """Generate, plan, query (stand-in) and report, each in its own process; the plan's and report's figures."""
     with tempfile.TemporaryDirectory(prefix="m2m-plan-") as tmp:
         _step("generate", tmp, sims, batch_size)
-        t0 = time.perf_counter()
-        planned = _step("plan", tmp, sims, batch_size)
-        plan_s = time.perf_counter() - t0
+        old = _timed("plan-two-pass", tmp, sims, batch_size) if two_pass else None
+        planned, plan_s = _timed("plan", tmp, sims, batch_size)  # last: the report reads its batch files
         _step("query", tmp, sims, batch_size)
-        t0 = time.perf_counter()
-        reported = _step("report", tmp, sims, batch_size)
-        report_s = time.perf_counter() - t0
+        merged = _timed("report-merged", tmp, sims, batch_size) if two_pass else None
+        reported, report_s = _timed("report", tmp, sims, batch_size)
     return {
         "sims": sims,
-        "batch_size": batch_size,
+        "batch_size": batch_size or "automatic",
         "batches": planned["batches"],
         "planned_sims": planned["sims"],
         "xcom_bytes": planned["xcom_bytes"],
         "plan_growth_mb": planned["growth_mb"],
         "plan_s": round(plan_s, 1),
+        **({"plan_two_pass_s": round(old[1], 1), "plan_two_pass_growth_mb": old[0]["growth_mb"]} if old else {}),
         "report_growth_mb": reported["growth_mb"],
         "report_s": round(report_s, 1),
+        **({"report_merged_s": round(merged[1], 1)} if merged else {}),
         "fleet_size": reported["fleet_size"],
         "changed": reported["changed"],
     }
@@ -151,8 +210,10 @@ def run(sims: int, batch_size: int = BATCH) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sims", type=int, action="append", help="fleet size (repeatable; default 100k and 1M)")
-    parser.add_argument("--batch-size", type=int, default=BATCH)
-    parser.add_argument("--task", choices=["generate", "plan", "query", "report"], help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="SIMs per batch (0: automatic)")
+    parser.add_argument("--no-two-pass", action="store_true", help="skip the old two-pass plan (side by side)")
+    tasks = ["generate", "plan", "plan-two-pass", "query", "report", "report-merged"]
+    parser.add_argument("--task", choices=tasks, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
@@ -161,11 +222,13 @@ def main() -> None:
             print("{}")
         else:
             step = {"plan": lambda: plan(args.folder, args.batch_size), "query": lambda: query(args.folder)}
+            step["plan-two-pass"] = lambda: plan(args.folder, args.batch_size, two_pass=True)
             step["report"] = lambda: report(args.folder)
+            step["report-merged"] = lambda: report(args.folder, merged=True)
             print(json.dumps(step[args.task]()))
         return
     for sims in args.sims or [100_000, 1_000_000]:
-        print(json.dumps(run(sims, args.batch_size)), flush=True)
+        print(json.dumps(run(sims, args.batch_size, two_pass=not args.no_two_pass)), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,13 @@ Why this shape:
 * XCom: the plan returns ``{"batch": n, "sims": count}`` per batch, about 30 bytes of JSON, so 1,000 batches
   are about 30 kB with Airflow's default XCom backend; each mapped task derives its two URIs from ``n`` and its
   own run (:func:`batch_uris`), as the plan did, instead of reading them from XCom.
-* Memory: the fleet file streams through; one batch is in memory at a time (sorted, then written). The check
-  that each ICCID is listed once is a k-way merge of the sorted batch files
-  (:func:`~airflow_provider_m2m.utils.files.merged_csv`, the one the report's diff uses) that finds adjacent equals,
-  not a set of the fleet; only on that error path is the fleet file read a second time, to name both lines.
+* One read of the fleet file: it streams through in sorted runs of :data:`RUN_ROWS` rows (one in memory at a
+  time, on the task's local scratch disk), counted on the way, so the automatic batch size needs no count pass
+  of its own; a k-way merge of the runs (a block of rows per run in memory) is then cut into the batch files.
+  The merge also checks that each ICCID is listed once (a repeat is its own neighbour), not a set of the
+  fleet; only on that error path is the fleet file read a second time, to name both lines.
+* The batches are consecutive ICCID ranges: each file sorted, and batch ``n + 1`` starting after batch ``n``
+  ends, so the report reads them one after the other, without merging them again.
 * The batch files carry the fleet's other columns (``asset_name``, ``expected_imei``...) and are sorted, so
   the report joins each with its query rows directly (:func:`~airflow_provider_m2m.fleet_audit.state.audit_night`),
   never re-reading or re-sorting the fleet file.
@@ -26,19 +29,33 @@ Why this shape:
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import json
+import marshal
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from itertools import chain, islice
+from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.fleet_audit.night import as_key
 from airflow_provider_m2m.fleet_audit.rules import checked_fleet
-from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
+from airflow_provider_m2m.fleet_audit.sizing import MAX_MAP_LENGTH, batch_size_for
 from airflow_provider_m2m.fleet_audit.state import check_previous_state
-from airflow_provider_m2m.utils.files import merged_csv, report_folder, write_csv
+from airflow_provider_m2m.utils.files import chunked, csv_writer, report_folder
 from airflow_provider_m2m.utils.fleet_file import read_fleet
 
+#: Fleet rows sorted in memory at once while the plan reads the fleet file (a run).
+RUN_ROWS = 10_000
+#: Runs merged at once (open files, a block of each in memory): up to 2,560,000 SIMs take one round.
+MAX_OPEN_RUNS = 256
+#: Rows per block of a run file (what the merge holds of each run).
+RUN_BLOCK = 128
+_ICCID = itemgetter(0)  # a run's rows are tuples in the fleet's columns, the ICCID first
+_Row = tuple[Any, ...]
 #: The example DAG's id: the audit's folder under ``report_base_uri`` when no other is named.
 AUDIT_NAME = "fleet_imei_change_report"
 
@@ -92,7 +109,8 @@ def fleet_batch_size(fleet_uri: str, batch_size: int | None, pool_slots: int, ma
     """
     ``batch_size`` when given; else sized from the fleet's row count so that the batches fill ``pool_slots`` in
     as few full waves as possible (:func:`~airflow_provider_m2m.fleet_audit.sizing.batch_size_for`; one more
-    streamed read of the fleet file, for its row count).
+    streamed read of the fleet file, for its row count). :func:`plan_fleet` sizes the batches itself, in its
+    one read of the file, when given ``batch_size=None``: prefer that.
     """
     if batch_size:
         return batch_size
@@ -105,13 +123,21 @@ def plan_fleet(
     fleet_uri: str,
     report_base_uri: str | None,
     night: str | dt.date,
-    batch_size: int,
+    batch_size: int | None,
     *,
     dag_id: str = AUDIT_NAME,
     group_id: str | None = None,
+    pool_slots: int = 1,
+    max_map_length: int = MAX_MAP_LENGTH,
 ) -> list[dict[str, int]]:
     """
     Check the fleet file and the previous audit state, write the batch files; return one small item per batch.
+
+    One read of the fleet file: its rows are checked and cut into sorted runs as they stream (their count
+    sizes the batches when ``batch_size`` is None), then a k-way merge of the runs is cut into the batch
+    files, in ICCID order, finding an ICCID listed twice as two equal neighbours on the way. So batch ``n``
+    holds the ``n``-th ``batch_size`` ICCIDs of the fleet in sorted order (not of the file's order), and
+    the batches follow each other in ICCID order, which the report's merge relies on to read each once.
 
     Nothing is sent to the platform here: bad input raises before any query.
 
@@ -120,9 +146,13 @@ def plan_fleet(
     :param report_base_uri: the base of the audit's folder (None: ``reports/`` under the Airflow home).
     :param night: the night's name (:attr:`~airflow_provider_m2m.fleet_audit.night.Night.key`; a date: that
         date's daily night): names the folder.
-    :param batch_size: SIMs per batch.
+    :param batch_size: SIMs per batch; None sizes them from the fleet's count
+        (:func:`~airflow_provider_m2m.fleet_audit.sizing.batch_size_for` with ``pool_slots`` and
+        ``max_map_length``).
     :param dag_id: the audit's DAG (its folder, see :func:`audit_folder`).
     :param group_id: the audit's group, when its DAG holds more than one audit.
+    :param pool_slots: batches that run at once (for the automatic size).
+    :param max_map_length: the most batches a run may map (for the automatic size).
     :returns: ``[{"batch": n, "sims": count}, ...]``: the files are :func:`batch_uris` ``(folder, n)``.
     :raises InvalidRequestError: naming the file, the line(s) and the rule.
     """
@@ -133,24 +163,69 @@ def plan_fleet(
     columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
     checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
     plan: list[dict[str, int]] = []
-    inputs: list[str] = []
-    while batch := list(islice(checked, batch_size)):
-        uri = batch_uris(folder, len(plan))["iccids_uri"]
-        write_csv(uri, columns, sorted(batch, key=lambda row: row["iccid"]))
-        plan.append({"batch": len(plan), "sims": len(batch)})
-        inputs.append(uri)
-    _each_sim_once(inputs, columns, fleet_uri, f"{folder}/work")
+    # The runs are the task's own scratch (written and read back within this call): local disk, not the store,
+    # in marshal blocks rather than CSV (several times faster to write and read back; never leaves the task).
+    with tempfile.TemporaryDirectory(prefix="m2m-plan-") as scratch:
+        runs, fleet_size = _sorted_runs(checked, Path(scratch), columns)
+        size = batch_size or batch_size_for(fleet_size, pool_slots, max_map_length=max_map_length)
+        merged = _each_sim_once(_merged_runs(runs, Path(scratch)), fleet_uri)
+        while (first_row := next(merged, None)) is not None:  # a batch file streams: no batch held in memory
+            count = 0
+            with csv_writer(batch_uris(folder, len(plan))["iccids_uri"], columns) as write:
+                for row in chain([first_row], islice(merged, size - 1)):
+                    write(dict(zip(columns, row, strict=True)))
+                    count += 1
+            plan.append({"batch": len(plan), "sims": count})
     return plan
 
 
-def _each_sim_once(inputs: list[str], columns: tuple[str, ...], fleet_uri: str, work: str) -> None:
-    """Every ICCID in one batch file only, once: adjacent equals in the merge of the sorted batch files."""
+def _sorted_runs(rows: Iterable[Mapping[str, str]], scratch: Path, columns: tuple[str, ...]) -> tuple[list[Path], int]:
+    """Cut ``rows`` into runs of :data:`RUN_ROWS` rows sorted by ICCID (one run in memory); their files, the count."""
+    runs: list[Path] = []
+    count = 0
+    for run in chunked((tuple(map(row.get, columns)) for row in rows), RUN_ROWS):
+        runs.append(_write_run(scratch / f"run-{len(runs):05d}", sorted(run, key=_ICCID)))
+        count += len(run)
+    return runs, count
+
+
+def _merged_runs(runs: list[Path], scratch: Path) -> Iterator[_Row]:
+    """The runs' rows in ICCID order: one k-way merge, after rounds merging groups of runs when there are many."""
+    round_ = 0
+    while len(runs) > MAX_OPEN_RUNS:
+        runs = [
+            _write_run(scratch / f"merge-{round_}-{n:05d}", heapq.merge(*map(_read_run, group), key=_ICCID))
+            for n, group in enumerate(chunked(runs, MAX_OPEN_RUNS))
+        ]
+        round_ += 1
+    return heapq.merge(*map(_read_run, runs), key=_ICCID)
+
+
+def _write_run(path: Path, rows: Iterable[_Row]) -> Path:
+    with path.open("wb") as file:
+        for block in chunked(rows, RUN_BLOCK):
+            marshal.dump(block, file)
+    return path
+
+
+def _read_run(path: Path) -> Iterator[_Row]:
+    with path.open("rb") as file:
+        while True:
+            try:
+                block = marshal.load(file)  # nosec B302  # our own file, in this call's private temporary folder
+            except EOFError:
+                return
+            yield from block
+
+
+def _each_sim_once(rows: Iterator[_Row], fleet_uri: str) -> Iterator[_Row]:
+    """Pass the merged rows on, checking each ICCID is listed once: sorted, a repeat is its own neighbour."""
     before = None
-    with closing(merged_csv(inputs, work, columns)) as rows:  # closing: its merge files go, also on the error
-        for row in rows:
-            if row["iccid"] == before:
-                raise _listed_twice(before, fleet_uri)
-            before = row["iccid"]
+    for row in rows:
+        if row[0] == before:
+            raise _listed_twice(row[0], fleet_uri)
+        before = row[0]
+        yield row
 
 
 def _listed_twice(iccid: str, fleet_uri: str) -> InvalidRequestError:

@@ -8,8 +8,9 @@ time) and in a last wave that fills only some of the slots (the rest of the plat
 until it ends). So the batches come in full waves, as few as the largest batch allows:
 
 * the number of batches is a multiple of the pool's slots (every wave fills the pool);
-* the waves are as few as ``max_batch_size`` allows: a bigger batch means fewer gaps, but a worker killed
-  mid-batch makes its retry query the whole batch again (the queries are idempotent: time is lost, no SIM);
+* the waves are as few as ``max_batch_size`` allows: a bigger batch means fewer gaps (a worker killed
+  mid-batch no longer costs the whole batch: its retry resumes from the answers the batch flushed, see
+  :mod:`~airflow_provider_m2m.utils.batch_progress`, but a batch still holds its SIMs in memory);
 * the batches stay within ``max_map_length`` (Airflow's ``[core] max_map_length``, 1,024 by default), which
   wins over ``max_batch_size`` for a fleet too big for both.
 """
@@ -19,7 +20,8 @@ from __future__ import annotations
 import math
 
 #: The largest batch the automatic sizing makes: 20,000 SIMs take about 7 minutes at 50 requests/s (a
-#: quarter of a 200/s platform limit), which is what a retry after a crashed worker costs at most.
+#: quarter of a 200/s platform limit). A retry after a crashed worker resumes (it costs at most a flushed part
+#: plus the calls in flight), so this could grow; it bounds a batch's memory and a task's length.
 MAX_BATCH_SIZE = 20_000
 #: Airflow's default ``[core] max_map_length``.
 MAX_MAP_LENGTH = 1024

@@ -10,15 +10,17 @@ Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id
     <night>/batches/batch-N.csv          the query rows of each batch (QueryImeiOperator's output_uri)
     <night>/imei_changes.csv             the night's report
     <night>/changed_iccids.csv           its ``changed`` SIMs (an ``iccid`` column)
-    <night>/work/                        sorted runs and per-status parts while the diff runs (removed after)
+    <night>/work/                        per-status parts while the diff runs (removed after)
 
 Why this shape:
 
 * A state file is a gzip-compressed CSV sorted by ICCID: about 20 MB for 1,000,000 SIMs, readable by any
   tool, and sorted so that the night's diff is a merge-join that streams: each batch's sorted input file is
-  joined with its query rows (one batch in memory), the sorted runs are merged
-  (:func:`~airflow_provider_m2m.utils.files.merged_csv`, at most ``FAN_IN`` files open) and walked side by side
-  with the previous state. Memory depends on the batch size, not on the fleet.
+  joined with its query rows (one batch in memory) and, the plan's batches being ICCID ranges one after the
+  other, the batches are read once each, in order, and walked side by side with the previous state. (Batches
+  that are not ranges, e.g. cut by an older plan, are joined into sorted runs under ``work/`` and merged
+  with :func:`~airflow_provider_m2m.utils.files.merged_csv` instead.) Memory depends on the batch size, not
+  on the fleet.
 * It is written only when the night's report is written, and moved into place last, so a failed night leaves
   no state and the next night compares against the last successful one.
 * A night compares against the newest state of a night *before* it, so a rerun of an old night reproduces
@@ -32,6 +34,7 @@ Why this shape:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -51,6 +54,8 @@ from airflow_provider_m2m.fleet_audit.rules import (
     read_state,
 )
 from airflow_provider_m2m.utils.files import csv_writer, merged_csv, read_csv, write_csv
+
+log = logging.getLogger(__name__)
 
 #: States kept: the newest this many nights (a week of reruns that reproduce their rows).
 KEEP_NIGHTS = 7
@@ -138,28 +143,18 @@ def audit_night(
     first = next(read_csv(batches[0][0]), {}) if batches else {}
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
     run_columns = ("iccid", *extra, *QUERY_COLUMNS)
-    runs = [
-        _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
-        for n, (input_uri, output_uri) in enumerate(batches)
-    ]
     previous = previous_state(audit_folder, night)
     report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
     report_columns += ("last_audited_imei", "error")
-    counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
-    with ExitStack() as files:
-        write_state = files.enter_context(csv_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
-        parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", report_columns)) for s in STATUSES}
-        recorded = read_state(read_csv(previous), str(previous)) if previous else iter(())
-        for answer, seen_before in _joined(merged_csv(runs, work, run_columns), recorded):
-            counts["fleet_size"] += 1
-            row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
-            statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
-            if seen is not None:
-                write_state(seen.as_row())
-            audited = {"last_audited_imei": seen_before.imei if seen_before else None}
-            for status in statuses:
-                counts[status] += 1
-                parts[status]({**row, **audited, "status": status})
+    try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
+        counts = _diff(_ranges_in_order(batches, run_columns), previous, since, cutoff, work, report_columns)
+    except _NotInOrder as reason:  # batches cut otherwise (an older plan): join each into a sorted run, merge those
+        log.info("%s: merging the batches instead", reason)
+        runs = [
+            _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
+            for n, (input_uri, output_uri) in enumerate(batches)
+        ]
+        counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns)
     report_uri = f"{folder}/imei_changes.csv"
     write_csv(report_uri, report_columns, chain.from_iterable(read_csv(f"{work}/{s}.csv") for s in STATUSES))
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
@@ -179,15 +174,62 @@ def audit_night(
     }
 
 
-def _joined_run(input_uri: str, output_uri: str, run_uri: str, columns: Sequence[str]) -> str:
+def _diff(
+    rows: Iterator[dict[str, str]],
+    previous: ObjectStoragePath | None,
+    since: dt.datetime,
+    cutoff: dt.datetime | None,
+    work: ObjectStoragePath,
+    columns: Sequence[str],
+) -> dict[str, int]:
+    """Walk the night's rows (sorted by ICCID) beside the previous state: the state and one part per status."""
+    counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
+    with ExitStack() as files:
+        write_state = files.enter_context(csv_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
+        parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
+        recorded = read_state(read_csv(previous), str(previous)) if previous else iter(())
+        for answer, seen_before in _joined(rows, recorded):
+            counts["fleet_size"] += 1
+            row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
+            statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
+            if seen is not None:
+                write_state(seen.as_row())
+            audited = {"last_audited_imei": seen_before.imei if seen_before else None}
+            for status in statuses:
+                counts[status] += 1
+                parts[status]({**row, **audited, "status": status})
+    return counts
+
+
+class _NotInOrder(Exception):
+    """The batches are not ICCID ranges one after the other."""
+
+
+def _ranges_in_order(batches: Sequence[tuple[str, str]], columns: Sequence[str]) -> Iterator[dict[str, str]]:
+    """
+    The batches' joined rows one batch after the other, checked to ascend (one batch in memory): the plan cuts
+    them so. Raised before the diff writes anything final, so the caller can merge instead.
+    """
+    before = ""
+    for input_uri, output_uri in batches:
+        for row in _joined_rows(input_uri, output_uri):
+            if row["iccid"] <= before:
+                raise _NotInOrder(f"{input_uri.rsplit('/', 1)[-1]} does not start after the batch before it")
+            before = row["iccid"]
+            yield {column: row.get(column) or "" for column in columns}  # as a run file would read back
+
+
+def _joined_rows(input_uri: str, output_uri: str) -> Iterator[dict[str, str]]:
     """One batch's fleet rows (sorted by ICCID) joined with its query rows, in that order (one batch in memory)."""
     answers = {row["iccid"]: row for row in read_csv(output_uri)}
     name = output_uri.rsplit("/", 1)[-1]
-    joined = (
-        {**row, **answers.get(row["iccid"], {"error": f"no answer in {name}"}), "iccid": row["iccid"]}
-        for row in read_csv(input_uri)
-    )
-    write_csv(run_uri, columns, joined)
+    for row in read_csv(input_uri):
+        yield {**row, **answers.get(row["iccid"], {"error": f"no answer in {name}"}), "iccid": row["iccid"]}
+
+
+def _joined_run(input_uri: str, output_uri: str, run_uri: str, columns: Sequence[str]) -> str:
+    """:func:`_joined_rows` written to ``run_uri`` (for the merge of batches that are not ranges)."""
+    write_csv(run_uri, columns, _joined_rows(input_uri, output_uri))
     return run_uri
 
 

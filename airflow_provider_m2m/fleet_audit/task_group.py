@@ -222,7 +222,7 @@ def _plan_batches(
     """Check the arguments, the fleet file and the previous audit state, then write the fleet's batches."""
     from airflow.sdk import get_current_context
 
-    from airflow_provider_m2m.fleet_audit.plan import check_fleet_file, fleet_batch_size, plan_fleet, plan_size
+    from airflow_provider_m2m.fleet_audit.plan import check_fleet_file, plan_fleet, plan_size
     from airflow_provider_m2m.operators.arguments import as_int, as_workers
     from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
     from airflow_provider_m2m.utils.version_compat import conf
@@ -234,9 +234,18 @@ def _plan_batches(
         size = _optional_int(batch_size, "batch_size", 1, 1_000_000)
         as_workers(max_workers)
         check_fleet_file(fleet_uri)
-        size = fleet_batch_size(fleet_uri, size, slots, conf.getint("core", "max_map_length"))
         dag_id, owner_group = _owner(context, audit_group_id)
-        plan = plan_fleet(fleet_uri, _base(report_base_uri), night.key, size, dag_id=dag_id, group_id=owner_group)
+        plan = plan_fleet(  # size None: from the fleet's count, in the plan's one read of the file
+            fleet_uri,
+            _base(report_base_uri),
+            night.key,
+            size,
+            dag_id=dag_id,
+            group_id=owner_group,
+            pool_slots=slots,
+            max_map_length=conf.getint("core", "max_map_length"),
+        )
+        size = max((batch["sims"] for batch in plan), default=0)
     sims = sum(batch["sims"] for batch in plan)
     print(
         f"Night {night.key} (changes before {night.cutoff.isoformat()}): fleet of {sims} SIMs in {len(plan)} "

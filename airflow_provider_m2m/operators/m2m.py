@@ -15,6 +15,7 @@ from airflow_provider_m2m.operators.sim_status import SetSimStatusOperator
 from airflow_provider_m2m.sms.ledger import SmsLedger, warn_if_retry_comes_too_soon
 from airflow_provider_m2m.sms.report import OUTCOME_COLUMNS
 from airflow_provider_m2m.sms.sending import checked_batch, send_once_each
+from airflow_provider_m2m.utils.batch_progress import BatchProgress
 from airflow_provider_m2m.utils.files import write_csv
 from airflow_provider_m2m.utils.progress import Progress
 from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
@@ -42,8 +43,10 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
     ``output_uri`` it streams the rows as CSV (header ``iccid,current_imei,last_change,previous_imei,error``;
     CSV because fleet tools and spreadsheets read it and it streams row by row) to that object-storage URI
     and returns a small summary ``{uri, total, changed, unknown, failed, rows}``, so memory and XCom stay
-    flat however big the fleet. The file is written whole on every try, so a retried task leaves no
-    duplicate rows.
+    flat however big the fleet. The file appears whole, each SIM once, only when the batch is done. A retried
+    try resumes: answers are flushed beside the file as the batch runs (``<output_uri>.parts/``, see
+    :mod:`~airflow_provider_m2m.utils.batch_progress`), and a retry queries only the SIMs they lack (failed
+    queries are asked again), then writes the file from both and removes the parts.
 
     With ``changed_since`` and/or ``changed_before``, only SIMs whose ``last_change`` falls in the half-open
     window ``changed_since <= last_change < changed_before`` are kept (either bound may be left out), plus
@@ -124,7 +127,12 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
             progress = Progress(self.log, "SIMs queried", len(numbers))
             counts = {"total": 0, "changed": 0, "unknown": 0, "failed": 0}
             changed: list[str] = []
-            records = self._kept(self.hook.query_imeis(numbers, workers), window, progress, counts, changed)
+            if self.output_uri:  # a retry resumes: it queries only the SIMs the earlier tries did not answer
+                batch = BatchProgress(self.output_uri, CSV_COLUMNS, context["ti"].try_number, self.log)
+                answers = batch.answers(numbers, lambda left: self.hook.query_imeis(left, workers))
+            else:
+                answers = self.hook.query_imeis(numbers, workers)
+            records = self._kept(answers, window, progress, counts, changed)
             kept = (record.as_dict() for record in records)
             if not self.output_uri:
                 rows = list(kept)
@@ -132,6 +140,7 @@ class QueryImeiOperator(PlatformOperator[M2mHook]):
                 self._push_changed(context, changed, counts["changed"])
                 return rows
             written = write_csv(self.output_uri, CSV_COLUMNS, kept)  # first: it fills the counts as it streams
+            batch.remove()  # the final file is in place: the parts are no longer needed
             summary = {
                 "uri": self.output_uri,
                 **counts,

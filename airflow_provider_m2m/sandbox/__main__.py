@@ -25,19 +25,20 @@ from .remote import READY_PREFIX
 from .state import SANDBOX_CREDENTIALS
 
 
+def _flag(value: str) -> bool:
+    """``True``/``False`` (as RemoteSandbox passes a bool), also 1/0, yes/no, on/off."""
+    if value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
 def _anchor(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError("anchor must carry a timezone (e.g. 2026-11-22T00:00:00Z)")
     return dt
-
-
-def _flag(text: str) -> bool:
-    if text.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if text.strip().lower() in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _parser() -> argparse.ArgumentParser:

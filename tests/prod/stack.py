@@ -423,8 +423,20 @@ class ProdStack(Started):
         self.airflow.wait_until(ready, timeout, f"Celery worker {name}")
 
     def kill_worker(self, name: str) -> None:
-        """SIGKILL a Celery worker with every task process under it, as a machine dying would."""
+        """
+        SIGKILL a Celery worker with every task process under it, as a machine dying would.
+
+        The task runners are SIGKILLed too, by pid: Airflow's supervisor puts each in a process group of its own,
+        so a kill of the worker's group alone leaves them running, orphaned, still calling the platform.
+        """
+        import psutil
+
+        tree = psutil.Process(self.airflow.processes[name].pid).children(recursive=True)
         self.airflow.kill(name)
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(tree, timeout=10)
 
     def restart(self, name: str) -> None:
         """Start a component (again) and, for a worker, wait until it takes tasks."""

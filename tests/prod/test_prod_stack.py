@@ -5,8 +5,9 @@ the REST API. Each test prints what it did and what held.
 
 1. the nightly audit of 100,000 SIMs (50 ms a call, a platform limit of 400/s), fleet file and reports on S3;
 2. an SMS run to 500 SIMs, the delivery wait deferred to the triggerer;
-3. faults of the deployment: a Celery worker SIGKILLed mid-SMS-run and mid-audit, the triggerer restarted during
-   the delivery wait; the task state store (the SMS ledger) in PostgreSQL.
+3. faults of the deployment: a Celery worker SIGKILLed mid-SMS-run and mid-audit (the audit's batches resume from
+   the parts they flushed to S3), the triggerer restarted during the delivery wait; the task state store (the SMS
+   ledger) in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import time
 from collections import Counter
 
 import pytest
-from stack import S3_ROOT, WORKERS
+from stack import BUCKET, S3_ROOT, WORKERS
 
 from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
+from airflow_provider_m2m.utils.batch_progress import PART_ROWS
 
 FLEET_DAG, SMS_DAG = "fleet_imei_change_report", "sms_notification_run"
 # The SMS DAG is one SmsRun task group, "notify": its tasks' ids.
@@ -272,30 +275,68 @@ def test_worker_killed_mid_sms_run_sends_no_sim_twice(stack):
     )
 
 
+def _parts(stack, output_uri: str) -> dict[str, list[str]]:
+    """The whole parts a query batch flushed beside its ``output_uri`` on S3 (key -> ICCIDs); half-written ones not."""
+    prefix = f"{output_uri}.parts/".removeprefix(f"{S3_ROOT}/")
+    listed = stack.s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    keys = [o["Key"] for o in listed if re.fullmatch(r"part-\d+-\d+\.csv", o["Key"].rsplit("/", 1)[-1])]
+    return {key: [r["iccid"] for r in _rows(stack, f"{S3_ROOT}/{key}")] for key in keys}
+
+
 @pytest.mark.timeout(900)
-def test_worker_killed_mid_audit_report_still_exact(stack, tmp_path):
-    size, batch_size = 10_000, 1_000
+def test_worker_killed_mid_audit_resumes_the_batch_and_the_report_is_exact(stack, tmp_path):
+    """
+    A worker SIGKILLed once its batches flushed their first parts: each retried batch queries only the SIMs its
+    parts lack (the sandbox's per-ICCID counters), the SIMs asked twice stay within what was not yet flushed
+    or in flight at the kill, and the report is exact.
+    """
+    size, batch_size, workers = 10_000, 2_500, 16  # one wave of 4 batches of 25 s at 100/s each
+    before = stack.sandbox.stats()["imei_queries_per_iccid"]
     run_id, conf, interval = _audit(stack, tmp_path, size, batch_size, "killed-worker", dt.timedelta(hours=1))
+    folder = night_folder(conf["report_base_uri"], interval[0].date())
 
-    def batches_running():
+    def flushed_on_a_worker():
         running = _running(stack, FLEET_DAG, run_id, QUERY)
-        return len(running) >= 2 and running[0]["hostname"]
+        for ti in running:
+            if _parts(stack, batch_uris(folder, ti["map_index"])["output_uri"]):
+                host = ti["hostname"]
+                return host, sorted(t["map_index"] for t in running if t["hostname"] == host)
+        return None
 
-    victim = stack.airflow.wait_until(batches_running, 300, "the audit's batches to run", interval=0.5)
-    time.sleep(3)  # into the batches' platform calls
+    victim, killed = stack.airflow.wait_until(flushed_on_a_worker, 300, "a batch's first part", interval=0.3)
     stack.kill_worker(victim)
+    at_kill = stack.sandbox.stats()["imei_queries_per_iccid"]
+    parts = {n: _parts(stack, batch_uris(folder, n)["output_uri"]) for n in killed}  # the worker is dead: final
+    kept = {n: {iccid for part in parts[n].values() for iccid in part} for n in killed}
     try:
         state = stack.wait_for_run(FLEET_DAG, run_id, timeout=700)
     finally:
         stack.restart(victim)
     assert state == "success", stack.task_instances(FLEET_DAG, run_id)
     retried = [ti for ti in stack.task_instances(FLEET_DAG, run_id, QUERY) if ti["try_number"] > 1]
-    assert retried and all(ti["hostname"] != victim for ti in retried), retried
-    print(f"\naudit of {size} SIMs: worker {victim} SIGKILLed mid-batch; {len(retried)} batches retried elsewhere")
+    assert sorted(ti["map_index"] for ti in retried) == killed and all(ti["hostname"] != victim for ti in retried)
+    print(f"\naudit of {size} SIMs: worker {victim} SIGKILLed mid-batch; batches {killed} retried elsewhere")
+
+    window = PART_ROWS + workers  # answers not yet in a whole part, plus the calls in flight
+    for n in killed:
+        sims = [r["iccid"] for r in _rows(stack, batch_uris(folder, n)["iccids_uri"])]
+        first = sum(at_kill.get(i, 0) - before.get(i, 0) for i in sims)
+        total = sum(stack.sandbox.stats()["imei_queries_per_iccid"].get(i, 0) - before.get(i, 0) for i in sims)
+        left = len(sims) - len(kept[n])
+        # The retry asked the SIMs no part held (plus calls of the killed try still in flight at the snapshot);
+        # first try + retry = the batch's SIMs within the window of what was not yet flushed at the kill.
+        assert left <= total - first <= left + workers, (n, first, total, len(kept[n]))
+        assert len(sims) <= total <= len(sims) + window and first - len(kept[n]) <= window, (n, first, total)
+        print(
+            f"  batch {n}: {first} queries before the kill, {len(kept[n])} answers in whole parts; the retry "
+            f"asked {total - first} = the {left} left (+{total - first - left} in flight); "
+            f"{total - len(sims)} of {len(sims)} SIMs asked twice (window {window})"
+        )
     _check_audit(stack, run_id, conf, interval, size)
     tries = stack.tries(FLEET_DAG, run_id, QUERY)
-    first = {t["map_index"]: t["hostname"] for t in tries if t["try_number"] == 1}
-    assert {first[ti["map_index"]] for ti in retried} == {victim}, first
+    first_hosts = {t["map_index"]: t["hostname"] for t in tries if t["try_number"] == 1}
+    assert {first_hosts[ti["map_index"]] for ti in retried} == {victim}, first_hosts
+    assert not any(_parts(stack, batch_uris(folder, n)["output_uri"]) for n in killed)  # removed once written
 
 
 @pytest.mark.timeout(600)

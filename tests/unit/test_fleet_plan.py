@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.fleet_audit import plan as plan_module
 from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder, plan_fleet, plan_size
 from airflow_provider_m2m.utils import files
 
@@ -58,8 +59,9 @@ def test_the_plan_of_1000_batches_is_small_and_lists_every_sim_once(tmp_path):
 
 @pytest.mark.parametrize(("first", "second"), [(3, 48), (17, 20)], ids=["across batches", "within a batch"])
 def test_an_iccid_listed_twice_names_the_file_both_lines_and_the_rule(tmp_path, monkeypatch, first, second):
-    """The merge finds the duplicate (in rounds: at most 2 files open here); the error names both lines."""
-    monkeypatch.setattr(files, "FAN_IN", 2)
+    """The merge of the sorted runs finds the duplicate (runs of 5, in rounds of 2); the error names both lines."""
+    monkeypatch.setattr(plan_module, "RUN_ROWS", 5)
+    monkeypatch.setattr(plan_module, "MAX_OPEN_RUNS", 2)
     iccids = _iccids(60)
     iccids[second - 2] = iccids[first - 2]  # the header is line 1
     fleet = _fleet(tmp_path / "fleet.csv", iccids)
@@ -105,3 +107,50 @@ def test_a_fleet_file_may_name_its_iccid_column_in_capitals(tmp_path):
     rows = _rows(batch_uris(night_folder(tmp_path.as_uri(), NIGHT), 0)["iccids_uri"])
     assert plan == [{"batch": 0, "sims": 10}]
     assert sorted(r["iccid"] for r in rows) == sorted(iccids) and {r["Asset_Name"][:6] for r in rows} == {"truck-"}
+
+
+def test_the_automatic_plan_reads_the_fleet_once_and_cuts_sorted_ranges(tmp_path, monkeypatch):
+    """batch_size None: sized from the count of the one read; runs merged in rounds; batches are ICCID ranges."""
+    monkeypatch.setattr(plan_module, "RUN_ROWS", 40)  # 1,001 rows: 26 runs,
+    monkeypatch.setattr(plan_module, "MAX_OPEN_RUNS", 4)  # merged in rounds
+    iccids = _iccids(1001, seed=5)
+    fleet = _fleet(tmp_path / "fleet.csv", iccids)
+    opened: list[str] = []
+    real_read_fleet = plan_module.read_fleet
+    monkeypatch.setattr(plan_module, "read_fleet", lambda uri: opened.append(str(uri)) or real_read_fleet(uri))
+
+    plan = plan_fleet(fleet, tmp_path.as_uri(), NIGHT, None, pool_slots=4)
+
+    assert opened.count(fleet) == 1  # one read of the fleet file, the count included
+    assert plan == [{"batch": n, "sims": sims} for n, sims in enumerate([251, 251, 251, 248])]  # batch_size_for
+    folder = night_folder(tmp_path.as_uri(), NIGHT)
+    cut = [[r["iccid"] for r in _rows(batch_uris(folder, item["batch"])["iccids_uri"])] for item in plan]
+    assert sum(cut, []) == sorted(iccids)  # each sorted, one range after the other: every SIM once
+    names = {iccid: f"truck-{n}" for n, iccid in enumerate(iccids)}
+    assert all(names[r["iccid"]] == r["asset_name"] for r in _rows(batch_uris(folder, 2)["iccids_uri"]))
+
+
+def test_the_report_reads_range_batches_in_order_and_merges_any_others(tmp_path):
+    """audit_night gives the same report whether the batches come as the plan's ranges or shuffled (merged then)."""
+    from airflow_provider_m2m.fleet_audit.plan import audit_folder
+    from airflow_provider_m2m.fleet_audit.state import QUERY_COLUMNS, audit_night
+
+    iccids = _iccids(700, seed=9)
+    plan = plan_fleet(_fleet(tmp_path / "fleet.csv", iccids), tmp_path.as_uri(), NIGHT, 100)
+    folder = night_folder(tmp_path.as_uri(), NIGHT)
+    batches = []
+    for item in plan:
+        uris = batch_uris(folder, item["batch"])
+        answers = [{"iccid": r["iccid"], "current_imei": "356938035643809"} for r in _rows(uris["iccids_uri"])[1:]]
+        files.write_csv(uris["output_uri"], ("iccid", *QUERY_COLUMNS), answers)  # each batch's first: no answer
+        batches.append((uris["iccids_uri"], uris["output_uri"]))
+    since = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    reports = []
+    for order in (batches, batches[::-1]):
+        result = audit_night(batches=order, audit_folder=audit_folder(tmp_path.as_uri()), night=NIGHT, since=since)
+        reports.append((_rows(result["report_csv"]), _rows(result["state"])))
+        assert result["fleet_size"] == 700 and result["failed"] == 7, result
+    assert reports[0] == reports[1] and len(reports[0][1]) == 693  # the report, and the state of the answered
+    assert [r["iccid"] for r in reports[0][1]] == sorted(set(iccids) - set(sorted(iccids)[::100]))
+    assert [r["iccid"] for r in reports[0][0] if r["status"] == "failed"] == sorted(iccids)[::100]
+    assert not list((tmp_path / "fleet_imei_change_report" / f"{NIGHT}" / "work").glob("*"))
