@@ -45,8 +45,9 @@ COMES_WITH_AIRFLOW = {
     "flask_babel": None,
     "wtforms": None,
 }
-# What only the `openlineage` extra brings: utils/lineage.py, run when the OpenLineage provider asks.
-OPENLINEAGE_EXTRA = {"airflow.providers.openlineage", "airflow.providers.common.compat", "openlineage"}
+# What only the `openlineage` extra brings: utils/lineage.py, run when the OpenLineage provider asks. (It also
+# imports common.compat's OpenLineage facets, but common.compat is a dependency of its own: `conf` comes from it.)
+OPENLINEAGE_EXTRA = {"airflow.providers.openlineage", "openlineage"}
 
 
 def _run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> str:

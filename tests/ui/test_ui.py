@@ -291,7 +291,7 @@ def test_non_gsm_message_fails_before_sending(page, airflow_server, sandbox, scr
 def test_sim_swap_screening_trigger_form(page, screenshots):
     dialog = _open_trigger_form(page, "sim_swap_screening", SCREENING_PARAM_TITLES)
     expect(dialog.locator("#element_msisdns")).to_have_value(re.compile(r"^254\d{9}\n"))
-    expect(dialog.locator("#element_within_days")).to_have_value("30")
+    expect(dialog.locator("[name=element_within_days]")).to_have_value("30")  # a number field: name, not id
     page.screenshot(path=screenshots / "08-sim-swap-screening-trigger-form.png")
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
