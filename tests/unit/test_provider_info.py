@@ -145,10 +145,15 @@ def test_the_ui_builds_both_connection_forms_on_this_airflow_version():
 
 _PLUGINS = """
 import json
-from airflow import plugins_manager
-plugins, errors = plugins_manager._get_plugins()
-apps = [app["url_prefix"] for app in plugins_manager.get_fastapi_plugins()[0]]
-print(json.dumps({"plugins": [p.name for p in plugins], "errors": errors, "apps": apps}))
+from airflow import plugins_manager as pm
+if hasattr(pm, "_get_plugins"):  # Airflow 3.2+
+    plugins, errors = pm._get_plugins()
+    apps = pm.get_fastapi_plugins()[0]
+else:  # Airflow 3.1: module-level lists, filled as the api-server fills them
+    pm.initialize_fastapi_plugins()
+    plugins, errors, apps = pm.plugins, pm.import_errors, pm.fastapi_apps
+urls = [app["url_prefix"] for app in apps]
+print(json.dumps({"plugins": [p.name for p in plugins], "errors": errors, "apps": urls}))
 """
 
 
