@@ -318,10 +318,11 @@ def test_worker_killed_mid_audit_resumes_the_batch_and_the_report_is_exact(stack
     print(f"\naudit of {size} SIMs: worker {victim} SIGKILLed mid-batch; batches {killed} retried elsewhere")
 
     window = PART_ROWS + workers  # answers not yet in a whole part, plus the calls in flight
+    after = stack.sandbox.stats()["imei_queries_per_iccid"]  # once: every SIM of the session is in it
     for n in killed:
         sims = [r["iccid"] for r in _rows(stack, batch_uris(folder, n)["iccids_uri"])]
         first = sum(at_kill.get(i, 0) - before.get(i, 0) for i in sims)
-        total = sum(stack.sandbox.stats()["imei_queries_per_iccid"].get(i, 0) - before.get(i, 0) for i in sims)
+        total = sum(after.get(i, 0) - before.get(i, 0) for i in sims)
         left = len(sims) - len(kept[n])
         # The retry asked the SIMs no part held (plus calls of the killed try still in flight at the snapshot);
         # first try + retry = the batch's SIMs within the window of what was not yet flushed at the kill.
