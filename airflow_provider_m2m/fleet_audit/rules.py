@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.protocol.imei import normalize as normalize_imei
 
 #: The report's ``status`` values, in the order its rows come.
 STATUSES = ("changed", "first_seen", "inventory_mismatch", "unknown", "failed")
@@ -163,14 +164,12 @@ def expected_imei(value: str | None) -> str | None:
         ...
     ValueError: must be 15 digits (an IMEI) or 16 (an IMEISV), got 8 characters
     """
-    from airflow_provider_m2m.protocol import imei
-
     value = (value or "").strip()
     if not value:
         return None
     if not (value.isdigit() and value.isascii() and len(value) in (15, 16)):
         raise ValueError(f"must be 15 digits (an IMEI) or 16 (an IMEISV), got {len(value)} characters")
-    return imei.normalize(value)
+    return normalize_imei(value)
 
 
 def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Mapping[str, str]]:
@@ -197,7 +196,7 @@ must be 18 to 22 digits
             expected_imei(row.get("expected_imei"))
         except ValueError as exc:
             raise InvalidRequestError(f"fleet file {source} line {line}", f"expected_imei: {exc}") from None
-        yield {**row, "iccid": iccid}
+        yield row if iccid == row["iccid"] else {**row, "iccid": iccid}  # read_fleet's cells are stripped already
 
 
 def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]:
@@ -213,8 +212,8 @@ def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]
     before = ""
     line = 0  # the header is line 1: a stream unreadable from the start fails there
     try:
-        for line, row in enumerate(rows, start=2):  # noqa: B007 - ``line`` names the bad line in the except
-            if tuple(row) != STATE_COLUMNS:
+        for line, row in enumerate(rows, start=2):  # ``line`` names the bad line in the except
+            if line == 2 and tuple(row) != STATE_COLUMNS:  # every row has the header's keys: check the first
                 raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(row)}")
             iccid, imei, last_change = row["iccid"], row["imei"] or None, row["last_change"] or None
             if error := _iccid_error(iccid):

@@ -147,7 +147,7 @@ def audit_night(
     report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
     report_columns += ("last_audited_imei", "error")
     try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
-        counts = _diff(_ranges_in_order(batches, run_columns), previous, since, cutoff, work, report_columns)
+        counts = _diff(_ranges_in_order(batches), previous, since, cutoff, work, report_columns)
     except _NotInOrder as reason:  # batches cut otherwise (an older plan): join each into a sorted run, merge those
         log.info("%s: merging the batches instead", reason)
         runs = [
@@ -205,7 +205,7 @@ class _NotInOrder(Exception):
     """The batches are not ICCID ranges one after the other."""
 
 
-def _ranges_in_order(batches: Sequence[tuple[str, str]], columns: Sequence[str]) -> Iterator[dict[str, str]]:
+def _ranges_in_order(batches: Sequence[tuple[str, str]]) -> Iterator[dict[str, str]]:
     """
     The batches' joined rows one batch after the other, checked to ascend (one batch in memory): the plan cuts
     them so. Raised before the diff writes anything final, so the caller can merge instead.
@@ -216,7 +216,7 @@ def _ranges_in_order(batches: Sequence[tuple[str, str]], columns: Sequence[str])
             if row["iccid"] <= before:
                 raise _NotInOrder(f"{input_uri.rsplit('/', 1)[-1]} does not start after the batch before it")
             before = row["iccid"]
-            yield {column: row.get(column) or "" for column in columns}  # as a run file would read back
+            yield row
 
 
 def _joined_rows(input_uri: str, output_uri: str) -> Iterator[dict[str, str]]:

@@ -45,7 +45,7 @@ def read_csv(
     path = ObjectStoragePath(uri)
     with (
         path.open("rb", block_size=READ_BLOCK) as raw,
-        _unpacked(path, raw) as data,
+        _unpacked(path, io.BufferedReader(_BlockReader(raw), READ_BLOCK)) as data,
         io.TextIOWrapper(data, encoding="utf-8-sig", newline="") as text,
     ):
         # csv.reader, not DictReader: a third less time per row, and rows are read by the million.
@@ -53,11 +53,13 @@ def read_csv(
         header = [key.strip() for key in next(lines, ())]
         if columns is not None:
             header = columns(header)
+        width = len(header)
         for values in lines:
-            cells = [value.strip() for value in values[: len(header)]]
-            if any(cells):  # a blank line, or only commas
-                cells += [""] * (len(header) - len(cells))  # a short row: the missing cells are empty
-                yield dict(zip(header, cells, strict=True))
+            if len(values) != width:  # a short row's missing cells are empty; a long row's extra ones are dropped
+                values = (values + [""] * width)[:width]
+            cells = [value.strip() for value in values]
+            if any(cells):  # not a blank line, nor only commas
+                yield dict(zip(header, cells, strict=False))  # as long: cut or padded above
 
 
 def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
@@ -79,9 +81,25 @@ def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterab
 @contextmanager
 def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator[Callable[[Mapping[str, Any]], None]]:
     """
-    Open a CSV file for writing row by row: yields ``write(row)``; the file appears whole on a clean exit only.
+    Open a CSV file for writing row by row: yields ``write(row)`` for dicts (missing or None values as empty
+    cells); the file appears whole on a clean exit only.
 
     For several files written at once (one pass over the rows filling each); :func:`write_csv` for one.
+
+    :param uri: the target file's URI or path; its folder is created. A name ending ``.gz`` is gzip-compressed.
+    :param columns: the header, in order.
+    """
+    with csv_values_writer(uri, columns) as write:
+        yield lambda row: write([row.get(column) for column in columns])
+
+
+@contextmanager
+def csv_values_writer(
+    uri: str | ObjectStoragePath, columns: Sequence[str]
+) -> Iterator[Callable[[Sequence[Any]], None]]:
+    """
+    :func:`csv_writer` for rows that are sequences in the order of ``columns`` (None as an empty cell): no dict
+    per row, for files of a million rows.
 
     :param uri: the target file's URI or path; its folder is created. A name ending ``.gz`` is gzip-compressed.
     :param columns: the header, in order.
@@ -93,7 +111,7 @@ def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator
         text = _Chunked(data)
         writer = csv.writer(text)
         writer.writerow(columns)
-        yield lambda row: writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
+        yield writer.writerow  # csv writes None as an empty cell
         text.flush()
     partial.rename(target)
 
@@ -120,13 +138,41 @@ class _Chunked:
         self.pending = []
 
 
+class _BlockReader(io.RawIOBase):
+    """
+    A file opened through ObjectStoragePath, read in blocks.
+
+    An ``io.TextIOWrapper`` asks its file whether it is closed on every line it reads; on ObjectStoragePath's
+    file wrapper (which records lineage) that is a Python-level attribute lookup, a third of the time a
+    million-row file took to read. Behind an ``io.BufferedReader`` over this class, the wrapper is called once
+    per block (its ``read``, so the read is still recorded as lineage).
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__()
+        self._read = file.read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 # A file's bytes as written or read: the file itself, or a gzip stream over it (a name ending ``.gz``).
 _Bytes = BinaryIO | gzip.GzipFile
 
 
 def _packed(path: ObjectStoragePath, raw: BinaryIO) -> AbstractContextManager[_Bytes]:
     # mtime=0: the same rows give the same bytes, so a rerun's file compares equal to the original's.
-    return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else nullcontext(raw)
+    # Level 3, not gzip's default 9: a million-SIM audit state compresses in 0.5 s instead of 4.2, 11 % larger.
+    return (
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=3)
+        if path.name.endswith(".gz")
+        else nullcontext(raw)
+    )
 
 
 def _unpacked(path: ObjectStoragePath, raw: BinaryIO) -> AbstractContextManager[_Bytes]:
