@@ -58,10 +58,6 @@ class Seen:
     imei: str | None
     last_change: str | None
 
-    def as_row(self) -> dict[str, str | None]:
-        """The state file's row."""
-        return {"iccid": self.iccid, "imei": self.imei, "last_change": self.last_change}
-
 
 def _moment(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
@@ -104,14 +100,18 @@ def audit_sim(
             statuses.append("changed" if answer.get("previous_imei") else "first_seen")
     elif previous.imei is None:
         statuses.append("first_seen")
-    elif previous.imei != imei or (last_change is not None and _moment(previous.last_change) != _moment(last_change)):
+    elif previous.imei != imei or (
+        last_change is not None
+        and last_change != previous.last_change  # the same text: the same instant, without parsing it (most SIMs)
+        and _moment(previous.last_change) != _moment(last_change)
+    ):
         statuses.append("changed")  # an unknown date is no evidence of a change: only the device counts then
     if expected_imei and expected_imei != imei:
         statuses.append("inventory_mismatch")
     return statuses, Seen(iccid, imei, last_change)
 
 
-def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datetime) -> dict[str, str]:
+def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datetime) -> Mapping[str, str]:
     """
     The platform's answer as it was at the night's ``cutoff``: a change at or after the cutoff belongs to a later
     night, so a rerun of an old night reproduces that night's rows.
@@ -138,7 +138,7 @@ def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datet
     """
     moment = None if answer.get("error") else _moment(answer.get("last_change") or None)
     if moment is None or moment < cutoff:
-        return dict(answer)
+        return answer  # as it is (not a copy: a million SIMs a night pass through here)
     device = answer.get("previous_imei") or ""
     known = previous.last_change if previous is not None and previous.imei == device and device else None
     return {**answer, "current_imei": device, "previous_imei": "", "last_change": known or ""}
@@ -169,7 +169,7 @@ def expected_imei(value: str | None) -> str | None:
         return None
     if not (value.isdigit() and value.isascii() and len(value) in (15, 16)):
         raise ValueError(f"must be 15 digits (an IMEI) or 16 (an IMEISV), got {len(value)} characters")
-    return normalize_imei(value)
+    return value if len(value) == 15 else normalize_imei(value)  # an IMEI as it is; an IMEISV turned into one
 
 
 def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Mapping[str, str]]:

@@ -53,7 +53,7 @@ from airflow_provider_m2m.fleet_audit.rules import (
     expected_imei,
     read_state,
 )
-from airflow_provider_m2m.utils.files import csv_writer, merged_csv, read_csv, write_csv
+from airflow_provider_m2m.utils.files import csv_values_writer, csv_writer, merged_csv, read_own_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     """
     previous = previous_state(audit_folder, night)
     if previous is not None:
-        for _ in read_state(read_csv(previous), str(previous)):
+        for _ in read_state(read_own_csv(previous), str(previous)):
             pass
 
 
@@ -140,7 +140,7 @@ def audit_night(
         raise NightIncomplete(missing)
     folder = f"{audit_folder}/{as_key(night)}"
     work = ObjectStoragePath(f"{folder}/work")
-    first = next(read_csv(batches[0][0]), {}) if batches else {}
+    first = next(read_own_csv(batches[0][0]), {}) if batches else {}
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
     run_columns = ("iccid", *extra, *QUERY_COLUMNS)
     previous = previous_state(audit_folder, night)
@@ -156,9 +156,9 @@ def audit_night(
         ]
         counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns)
     report_uri = f"{folder}/imei_changes.csv"
-    write_csv(report_uri, report_columns, chain.from_iterable(read_csv(f"{work}/{s}.csv") for s in STATUSES))
+    write_csv(report_uri, report_columns, chain.from_iterable(read_own_csv(f"{work}/{s}.csv") for s in STATUSES))
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
-    write_csv(changed_uri, ("iccid",), ({"iccid": row["iccid"]} for row in read_csv(f"{work}/changed.csv")))
+    write_csv(changed_uri, ("iccid",), ({"iccid": row["iccid"]} for row in read_own_csv(f"{work}/changed.csv")))
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
@@ -185,15 +185,15 @@ def _diff(
     """Walk the night's rows (sorted by ICCID) beside the previous state: the state and one part per status."""
     counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
     with ExitStack() as files:
-        write_state = files.enter_context(csv_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
+        write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
-        recorded = read_state(read_csv(previous), str(previous)) if previous else iter(())
+        recorded = read_state(read_own_csv(previous), str(previous)) if previous else iter(())
         for answer, seen_before in _joined(rows, recorded):
             counts["fleet_size"] += 1
             row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
-                write_state(seen.as_row())
+                write_state((seen.iccid, seen.imei, seen.last_change))  # STATE_COLUMNS
             audited = {"last_audited_imei": seen_before.imei if seen_before else None}
             for status in statuses:
                 counts[status] += 1
@@ -221,10 +221,12 @@ def _ranges_in_order(batches: Sequence[tuple[str, str]]) -> Iterator[dict[str, s
 
 def _joined_rows(input_uri: str, output_uri: str) -> Iterator[dict[str, str]]:
     """One batch's fleet rows (sorted by ICCID) joined with its query rows, in that order (one batch in memory)."""
-    answers = {row["iccid"]: row for row in read_csv(output_uri)}
+    answers = {row["iccid"]: row for row in read_own_csv(output_uri)}
     name = output_uri.rsplit("/", 1)[-1]
-    for row in read_csv(input_uri):
-        yield {**row, **answers.get(row["iccid"], {"error": f"no answer in {name}"}), "iccid": row["iccid"]}
+    for row in read_own_csv(input_uri):  # each row a new dict of its own: joined in place, not copied
+        answer = answers.get(row["iccid"])
+        row.update(answer if answer is not None else {"error": f"no answer in {name}"})
+        yield row
 
 
 def _joined_run(input_uri: str, output_uri: str, run_uri: str, columns: Sequence[str]) -> str:

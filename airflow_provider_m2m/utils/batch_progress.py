@@ -37,7 +37,7 @@ import pendulum
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_m2m.protocol.sim_insight import ImeiRecord
-from airflow_provider_m2m.utils.files import read_csv, write_csv
+from airflow_provider_m2m.utils.files import read_own_csv, write_csv
 
 if TYPE_CHECKING:
     from airflow_provider_m2m.utils.version_compat import TaskLog
@@ -91,7 +91,7 @@ class BatchProgress:
         done: dict[str, ImeiRecord] = {}
         parts = self._parts()
         for part in parts:
-            for row in read_csv(part):
+            for row in read_own_csv(part):
                 if row["iccid"] in wanted and not row.get("error"):
                     done.setdefault(row["iccid"], _record(row))
         numbers = [int(m.group(2)) for p in parts if (m := _PART_NAME.fullmatch(p.name))]

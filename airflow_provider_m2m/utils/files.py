@@ -36,12 +36,48 @@ def read_csv(
     uri: str | ObjectStoragePath, columns: Callable[[list[str]], list[str]] | None = None
 ) -> Generator[dict[str, str], None, None]:
     """
-    Yield the rows of a CSV file with a header, as dicts (blank lines skipped).
+    Yield the rows of a CSV file with a header, as dicts, leniently as people write them: cells stripped, blank
+    lines skipped, a short row's missing cells empty, a long row's extra cells dropped.
 
     :param uri: the file's URI or path.
     :param columns: called with the header (line 1, also of a file without rows) before any row is read; it
         returns the keys to use (checking or renaming columns) or raises.
     """
+    with _csv_lines(uri) as lines:
+        header = [key.strip() for key in next(lines, ())]
+        if columns is not None:
+            header = columns(header)
+        width = len(header)
+        for values in lines:
+            if len(values) != width:
+                values = (values + [""] * width)[:width]
+            cells = [value.strip() for value in values]
+            if any(cells):  # not a blank line, nor only commas
+                yield dict(zip(header, cells, strict=True))
+
+
+def read_own_csv(uri: str | ObjectStoragePath) -> Generator[dict[str, str], None, None]:
+    """
+    Yield the rows of a CSV file this package wrote (batch files, query answers, the audit state), as dicts,
+    cells as written: no stripping, about half the time per row of :func:`read_csv` on files of a million rows.
+
+    :param uri: the file's URI or path.
+    :raises csv.Error: a row whose cells are not as many as the header's (a file changed by hand), naming both.
+    """
+    with _csv_lines(uri) as lines:
+        header = next(lines, [])
+        width = len(header)
+        for values in lines:
+            if len(values) != width:
+                if not values:  # a blank line
+                    continue
+                raise csv.Error(f"{len(values)} cells where the header has {width}")
+            yield dict(zip(header, values, strict=True))
+
+
+@contextmanager
+def _csv_lines(uri: str | ObjectStoragePath) -> Iterator[Iterator[list[str]]]:
+    """A CSV file's lines as lists of cells (gzip-compressed when its name ends ``.gz``), read in blocks."""
     path = ObjectStoragePath(uri)
     with (
         path.open("rb", block_size=READ_BLOCK) as raw,
@@ -49,17 +85,7 @@ def read_csv(
         io.TextIOWrapper(data, encoding="utf-8-sig", newline="") as text,
     ):
         # csv.reader, not DictReader: a third less time per row, and rows are read by the million.
-        lines = csv.reader(text)
-        header = [key.strip() for key in next(lines, ())]
-        if columns is not None:
-            header = columns(header)
-        width = len(header)
-        for values in lines:
-            if len(values) != width:  # a short row's missing cells are empty; a long row's extra ones are dropped
-                values = (values + [""] * width)[:width]
-            cells = [value.strip() for value in values]
-            if any(cells):  # not a blank line, nor only commas
-                yield dict(zip(header, cells, strict=False))  # as long: cut or padded above
+        yield csv.reader(text)
 
 
 def write_csv(uri: str | ObjectStoragePath, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
