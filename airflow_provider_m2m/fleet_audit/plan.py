@@ -77,20 +77,6 @@ def night_folder(
     return f"{audit_folder(report_base_uri, dag_id, group_id)}/{as_key(night)}"
 
 
-def check_fleet_file(fleet_uri: str) -> None:
-    """
-    A fleet file that is not there is bad input (retrying cannot bring it), named by its URI.
-
-    :raises InvalidRequestError: no file at ``fleet_uri`` (or no URI at all).
-    """
-    from airflow.sdk import ObjectStoragePath
-
-    if not fleet_uri or not str(fleet_uri).strip():
-        raise InvalidRequestError("fleet_uri", "a fleet file's URI is required")
-    if not ObjectStoragePath(fleet_uri).is_file():
-        raise InvalidRequestError("fleet_uri", f"no fleet file at {fleet_uri}")
-
-
 def batch_uris(folder: str, batch: int) -> dict[str, str]:
     """
     Batch ``batch``'s files in the night's ``folder``, as QueryImeiOperator's arguments.
@@ -142,9 +128,9 @@ def plan_fleet(
     :raises InvalidRequestError: naming the file, the line(s) and the rule.
     """
     folder = night_folder(report_base_uri, night, dag_id, group_id)
-    check_previous_state(audit_folder(report_base_uri, dag_id, group_id), night)
     rows = read_fleet(fleet_uri)
-    first = next(rows, None)
+    first = next(rows, None)  # a missing file or a bad header fails here, before the state is read through
+    check_previous_state(audit_folder(report_base_uri, dag_id, group_id), night)
     columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
     checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
     plan: list[dict[str, int]] = []

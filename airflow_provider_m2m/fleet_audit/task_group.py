@@ -222,7 +222,7 @@ def _plan_batches(
     """Check the arguments, the fleet file and the previous audit state, then write the fleet's batches."""
     from airflow.sdk import get_current_context
 
-    from airflow_provider_m2m.fleet_audit.plan import check_fleet_file, plan_fleet, plan_size
+    from airflow_provider_m2m.fleet_audit.plan import plan_fleet, plan_size
     from airflow_provider_m2m.operators.arguments import as_int, as_workers
     from airflow_provider_m2m.utils.task_failures import bad_input_fails_task
     from airflow_provider_m2m.utils.version_compat import conf
@@ -233,7 +233,6 @@ def _plan_batches(
         slots = as_int(pool_slots, "pool_slots", 1, 1024)
         size = _optional_int(batch_size, "batch_size", 1, 1_000_000)
         as_workers(max_workers)
-        check_fleet_file(fleet_uri)
         dag_id, owner_group = _owner(context, audit_group_id)
         plan = plan_fleet(  # size None: from the fleet's count, in the plan's one read of the file
             fleet_uri,

@@ -52,11 +52,14 @@ def read_fleet(uri: str, *, label: str = "fleet file") -> Generator[dict[str, st
     :param uri: the file's object-storage URI (``file://``, ``s3://``...).
     :param label: how messages name the file, before its URI: the argument that gave it (``iccids_uri``) or
         ``fleet file``.
-    :raises InvalidRequestError: ``<label> <uri> line 1: the header has no iccid column (got <header>)``, or
-        ``<label> <uri>: no such file`` (a missing file is bad input: retrying cannot make it appear).
+    :raises InvalidRequestError: ``<label> <uri> line 1: the header has no iccid column (got <header>)``,
+        ``<label> <uri>: no such file`` (a missing file is bad input: retrying cannot make it appear), or
+        ``<label>: a file's URI is required`` (an empty URI, e.g. a param left blank).
     """
     from airflow_provider_m2m.utils.files import read_csv
 
+    if not uri or not str(uri).strip():
+        raise InvalidRequestError(label, "a file's URI is required")
     source = f"{label} {uri}"
     rows = read_csv(uri, lambda header: fleet_columns(header, source))
     with closing(rows):  # closes the file also when the caller stops early

@@ -12,13 +12,14 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from conftest import AUDIT_ANCHOR as ANCHOR
+from conftest import csv_rows as _rows
 from conftest import load_dag
 
-from airflow_provider_m2m.sandbox import Fleet, Sandbox
+from airflow_provider_m2m.sandbox import Fleet
 
 pytestmark = pytest.mark.airflow
 
-ANCHOR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 GROUP = "imei_audit"
 
@@ -57,25 +58,12 @@ with DAG("two_audits", schedule="@daily", start_date=dt.datetime(2026, 1, 1, tzi
 """
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _fleet_file(fleet: Fleet, sims, path: Path) -> Path:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["iccid", "asset_name", "expected_imei"])
         writer.writerows([s.iccid, s.asset_name, fleet.expected_imei(s.iccid) or ""] for s in sims)
     return path
-
-
-@pytest.fixture
-def timeline(monkeypatch):
-    with Sandbox(Fleet(300, seed=5, anchor=ANCHOR, timeline_days=5)) as sb:
-        for name, value in sb.conn_env().items():
-            monkeypatch.setenv(name, value)
-        yield sb
 
 
 @pytest.fixture
@@ -99,8 +87,8 @@ def _xcom(dr, task_id: str, key: str = "return_value"):
     return ti.xcom_pull(task_ids=task_id, key=key)
 
 
-def test_two_fleets_several_nights_each_change_once_read_by_the_users_task(timeline, user_dags, tmp_path):
-    sb, fleet = timeline, timeline.fleet
+def test_two_fleets_several_nights_each_change_once_read_by_the_users_task(timeline_sandbox, user_dags, tmp_path):
+    sb, fleet = timeline_sandbox, timeline_sandbox.fleet
     halves = {"fleet_north": fleet.sims[:150], "fleet_south": fleet.sims[150:]}
     reports: dict[str, dict[int, list[dict[str, str]]]] = {name: {} for name in halves}
     for night in (1, 2, 3):
@@ -134,8 +122,8 @@ def test_two_fleets_several_nights_each_change_once_read_by_the_users_task(timel
         ]
 
 
-def test_a_rerun_of_an_older_night_reproduces_its_rows(timeline, user_dags, tmp_path):
-    sb, fleet, dag = timeline, timeline.fleet, user_dags["fleet_north"]
+def test_a_rerun_of_an_older_night_reproduces_its_rows(timeline_sandbox, user_dags, tmp_path):
+    sb, fleet, dag = timeline_sandbox, timeline_sandbox.fleet, user_dags["fleet_north"]
     conf = {"fleet_uri": _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri(),
             "report_base_uri": tmp_path.as_uri()}  # fmt: skip
     for night in (1, 2, 3):
@@ -164,8 +152,10 @@ def test_a_rerun_of_an_older_night_reproduces_its_rows(timeline, user_dags, tmp_
     assert _xcom(dr, "read")["changed"] == sorted(r["iccid"] for r in original if r["status"] == "changed")
 
 
-def test_a_manual_run_without_a_logical_date_covers_changes_before_it_was_triggered(timeline, user_dags, tmp_path):
-    sb, fleet, dag = timeline, timeline.fleet, user_dags["fleet_south"]
+def test_a_manual_run_without_a_logical_date_covers_changes_before_it_was_triggered(
+    timeline_sandbox, user_dags, tmp_path
+):
+    sb, fleet, dag = timeline_sandbox, timeline_sandbox.fleet, user_dags["fleet_south"]
     conf = {"fleet_uri": _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri(),
             "report_base_uri": tmp_path.as_uri()}  # fmt: skip
     triggered = ANCHOR + 2 * DAY + dt.timedelta(hours=14, minutes=30)  # day 3, mid-afternoon
@@ -206,16 +196,16 @@ def test_a_missing_fleet_file_fails_at_once_naming_it(sb, user_dags, tmp_path, c
     (plan,) = [ti for ti in dr.get_task_instances() if ti.task_id == f"{GROUP}.plan_batches"]
     assert dr.state == "failed" and plan.state == "failed" and plan.try_number == 1  # retries=2, not used
     out, err = capfd.readouterr()
-    assert f"fleet_uri: no fleet file at {missing}" in out + err
+    assert f"fleet file {missing}: no such file: check the URI" in out + err
     assert sb.stats()["requests"] == 0
 
 
-def test_a_data_interval_timetable_covers_the_same_night_as_daily(timeline, dags_folder, tmp_path):
+def test_a_data_interval_timetable_covers_the_same_night_as_daily(timeline_sandbox, dags_folder, tmp_path):
     """
     CronDataIntervalTimetable's run of day 2 (data interval: day 2) and @daily's (empty interval at its end): one
     night. ``dag.test(logical_date=end)`` gives the former the interval a scheduled run of that night has.
     """
-    sb, fleet = timeline, timeline.fleet
+    sb, fleet = timeline_sandbox, timeline_sandbox.fleet
     dags = {name: load_dag(dags_folder, USER_DAGS, name, "user_dags.py") for name in ("interval_audit", "fleet_north")}
     fleet_file = _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri()
     sb.configure(now=ANCHOR + 2 * DAY + dt.timedelta(minutes=5))
@@ -232,11 +222,13 @@ def test_a_data_interval_timetable_covers_the_same_night_as_daily(timeline, dags
     assert len([r for r in reports["fleet_north"] if r["status"] == "changed"]) >= 5
 
 
-def test_changed_iccids_is_capped_with_a_flag_and_the_full_list_s_uri(timeline, user_dags, tmp_path, monkeypatch):
+def test_changed_iccids_is_capped_with_a_flag_and_the_full_list_s_uri(
+    timeline_sandbox, user_dags, tmp_path, monkeypatch
+):
     from airflow_provider_m2m.fleet_audit import task_group
 
     monkeypatch.setattr(task_group, "MAX_LISTED", 3)  # the tasks run in this process under dag.test()
-    sb, fleet = timeline, timeline.fleet
+    sb, fleet = timeline_sandbox, timeline_sandbox.fleet
     conf = {"fleet_uri": _fleet_file(fleet, fleet.sims, tmp_path / "fleet.csv").as_uri(),
             "report_base_uri": tmp_path.as_uri()}  # fmt: skip
     dr = _night(user_dags["fleet_north"], sb, 1, conf)
