@@ -98,6 +98,29 @@ def sb(sandbox, monkeypatch):
     sandbox.clear_faults()
 
 
+#: A fixed past for the audits' nights (tests/dags/test_fleet_audit*.py): the sandbox's clock is set for each night.
+AUDIT_ANCHOR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def timeline_sandbox(monkeypatch):
+    """A sandbox of 300 SIMs whose devices change over 5 days after AUDIT_ANCHOR, with the connections at it."""
+    from airflow_provider_m2m.sandbox import Fleet, Sandbox
+
+    with Sandbox(Fleet(300, seed=5, anchor=AUDIT_ANCHOR, timeline_days=5)) as sb:
+        for name, value in sb.conn_env().items():
+            monkeypatch.setenv(name, value)
+        yield sb
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts (a report, a batch file...), read with the standard library."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 @pytest.fixture
 def dags_folder(airflow_db: Path):
     """The session's dags folder, emptied after the test; write DAG files here for ``dag.test()``."""

@@ -15,29 +15,16 @@ from pathlib import Path
 
 import pytest
 from conftest import ANCHOR as TODAY
+from conftest import AUDIT_ANCHOR as ANCHOR
 from conftest import ROOT, load_dag
+from conftest import csv_rows as _rows
 
-from airflow_provider_m2m.sandbox import SANDBOX_CREDENTIALS, Fleet, Sandbox
+from airflow_provider_m2m.sandbox import SANDBOX_CREDENTIALS
 
 pytestmark = pytest.mark.airflow
 
-ANCHOR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)  # a fixed past: the sandbox's clock is set for every night
 DAY = dt.timedelta(days=1)
 DAG_ID = "fleet_imei_change_report"
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture
-def timeline_sandbox(monkeypatch):
-    """A sandbox of 300 SIMs whose devices change over 5 days after ANCHOR, with the connections pointing at it."""
-    with Sandbox(Fleet(300, seed=5, anchor=ANCHOR, timeline_days=5)) as sb:
-        for name, value in sb.conn_env().items():
-            monkeypatch.setenv(name, value)
-        yield sb
 
 
 @pytest.fixture
