@@ -227,7 +227,9 @@ def read_state(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Seen]
                 raise ValueError(f"last_change {last_change!r}: must carry a UTC offset")
             before = iccid
             yield Seen(iccid, imei, last_change)
-    except (ValueError, csv.Error) as exc:
+    except csv.Error as exc:  # met while reading the next row (a stray quote, a row of another width)
+        raise InvalidRequestError(f"audit state {source} line {line + 1}", str(exc)) from None
+    except ValueError as exc:  # a rule this row broke
         raise InvalidRequestError(f"audit state {source} line {line}", str(exc)) from None
     except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream, met while reading the next line
         rule = f"unreadable ({exc or type(exc).__name__}): must be a gzip-compressed CSV"

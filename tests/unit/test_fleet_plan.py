@@ -154,3 +154,23 @@ def test_the_report_reads_range_batches_in_order_and_merges_any_others(tmp_path)
     assert [r["iccid"] for r in reports[0][1]] == sorted(set(iccids) - set(sorted(iccids)[::100]))
     assert [r["iccid"] for r in reports[0][0] if r["status"] == "failed"] == sorted(iccids)[::100]
     assert not list((tmp_path / "fleet_imei_change_report" / f"{NIGHT}" / "work").glob("*"))
+
+
+def test_files_the_audit_wrote_read_back_as_written_and_a_hand_broken_row_is_named(tmp_path):
+    import gzip
+
+    from airflow_provider_m2m.fleet_audit.rules import read_state
+
+    uri = (tmp_path / "state.csv.gz").as_uri()
+    rows = [{"iccid": "8925401000000000001", "imei": "359827041234569", "last_change": ""},
+            {"iccid": "8925401000000000002", "imei": None, "last_change": "2026-03-01T00:00:00+00:00"}]  # fmt: skip
+    files.write_csv(uri, ("iccid", "imei", "last_change"), rows)
+    assert list(files.read_own_csv(uri)) == [{**row, "imei": row["imei"] or ""} for row in rows]
+    assert [seen.imei for seen in read_state(files.read_own_csv(uri), uri)] == ["359827041234569", None]
+    body = "iccid,imei,last_change\n8925401000000000001,359827041234569,\n\n8925401000000000002,359827041234569\n"
+    # a blank line (skipped), then a short row: the second row, line 3 (the header is line 1)
+    (tmp_path / "edited.csv.gz").write_bytes(gzip.compress(body.encode()))
+    edited = (tmp_path / "edited.csv.gz").as_uri()
+    broken = r"^audit state .*edited.csv.gz line 3: 2 cells where the header has 3$"
+    with pytest.raises(InvalidRequestError, match=broken):
+        list(read_state(files.read_own_csv(edited), edited))
