@@ -34,6 +34,7 @@ Why this shape:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 KEEP_NIGHTS = 7
 #: The query columns a batch file holds (QueryImeiOperator's CSV).
 QUERY_COLUMNS = ("current_imei", "last_change", "previous_imei", "error")
+
+#: In the night's folder: the fingerprint of the previous state the plan read through (see check_previous_state).
+CHECKED_STATE = "previous-state-checked.json"
 
 _STATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}(?:T\d{6}Z)?)\.csv\.gz")
 
@@ -100,14 +104,36 @@ def previous_state(audit_folder: str, night: str | dt.date) -> ObjectStoragePath
 
 def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     """
-    Read the previous state through before any platform call: a night cannot be trusted without it.
+    Read the previous state through before any platform call: a night cannot be trusted without it. Leaves the
+    file's fingerprint in the night's folder (:data:`CHECKED_STATE`), so the report, finding the same file,
+    does not check every row a second time.
 
     :raises InvalidRequestError: naming the file, the line and the rule.
     """
     previous = previous_state(audit_folder, night)
+    marker = ObjectStoragePath(f"{audit_folder}/{as_key(night)}/{CHECKED_STATE}")
+    marker.unlink(missing_ok=True)  # first: a marker of an earlier try never vouches for a state read since
     if previous is not None:
         for _ in read_state(read_own_csv(previous), str(previous)):
             pass
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(_fingerprint(previous)))
+
+
+def _fingerprint(path: ObjectStoragePath) -> dict[str, Any]:
+    """What identifies one version of a file: its name, size and the store's own version marks."""
+    info = path.fs.info(path.path)
+    marks = ("size", "mtime", "ino", "ETag", "LastModified", "generation")  # local files, S3, GCS
+    return {"uri": str(path), **{key: str(info[key]) for key in marks if key in info}}
+
+
+def _checked_this_night(previous: ObjectStoragePath, folder: str) -> bool:
+    """True when the plan read ``previous`` through this night and the file has not changed since."""
+    marker = ObjectStoragePath(f"{folder}/{CHECKED_STATE}")
+    try:
+        return json.loads(marker.read_text()) == _fingerprint(previous)
+    except (OSError, ValueError):
+        return False
 
 
 def audit_night(
@@ -144,17 +170,18 @@ def audit_night(
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
     run_columns = ("iccid", *extra, *QUERY_COLUMNS)
     previous = previous_state(audit_folder, night)
+    checked = previous is not None and _checked_this_night(previous, folder)
     report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
     report_columns += ("last_audited_imei", "error")
     try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
-        counts = _diff(_ranges_in_order(batches), previous, since, cutoff, work, report_columns)
+        counts = _diff(_ranges_in_order(batches), previous, since, cutoff, work, report_columns, checked)
     except _NotInOrder as reason:  # batches cut otherwise (an older plan): join each into a sorted run, merge those
         log.info("%s: merging the batches instead", reason)
         runs = [
             _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
             for n, (input_uri, output_uri) in enumerate(batches)
         ]
-        counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns)
+        counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns, checked)
     report_uri = f"{folder}/imei_changes.csv"
     write_csv(report_uri, report_columns, chain.from_iterable(read_own_csv(f"{work}/{s}.csv") for s in STATUSES))
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
@@ -181,13 +208,17 @@ def _diff(
     cutoff: dt.datetime | None,
     work: ObjectStoragePath,
     columns: Sequence[str],
+    checked: bool,
 ) -> dict[str, int]:
-    """Walk the night's rows (sorted by ICCID) beside the previous state: the state and one part per status."""
+    """
+    Walk the night's rows (sorted by ICCID) beside the previous state: the state and one part per status.
+    ``checked``: the plan read the previous state through this night (only its order is checked again).
+    """
     counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
     with ExitStack() as files:
         write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
-        recorded = read_state(read_own_csv(previous), str(previous)) if previous else iter(())
+        recorded = read_state(read_own_csv(previous), str(previous), checked=checked) if previous else iter(())
         for answer, seen_before in _joined(rows, recorded):
             counts["fleet_size"] += 1
             row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer

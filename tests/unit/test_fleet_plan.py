@@ -174,3 +174,39 @@ def test_files_the_audit_wrote_read_back_as_written_and_a_hand_broken_row_is_nam
     broken = r"^audit state .*edited.csv.gz line 3: 2 cells where the header has 3$"
     with pytest.raises(InvalidRequestError, match=broken):
         list(read_state(files.read_own_csv(edited), edited))
+
+
+def test_the_report_checks_every_row_of_the_previous_state_again_only_if_it_changed_since_the_plan(
+    tmp_path, monkeypatch
+):
+    """The plan reads the previous state through and leaves its fingerprint; the report, finding the same file,
+    checks only its order, and a file replaced in between is checked row by row again (and refused here)."""
+    import gzip
+
+    from airflow_provider_m2m.fleet_audit import rules, state
+    from airflow_provider_m2m.fleet_audit.plan import audit_folder
+
+    iccids = sorted(_iccids(50, seed=3))
+    audit = audit_folder(tmp_path.as_uri())
+    previous = tmp_path / "fleet_imei_change_report" / "state" / f"{NIGHT - dt.timedelta(days=1)}.csv.gz"
+    files.write_csv(previous.as_uri(), state.STATE_COLUMNS, ({"iccid": i, "imei": "356938035643809"} for i in iccids))
+    plan = plan_fleet(_fleet(tmp_path / "fleet.csv", iccids), tmp_path.as_uri(), NIGHT, 25)
+    folder = night_folder(tmp_path.as_uri(), NIGHT)
+    batches = [tuple(batch_uris(folder, item["batch"]).values()) for item in plan]
+    for input_uri, output_uri in batches:
+        answers = [{"iccid": r["iccid"], "current_imei": "356938035643809"} for r in _rows(input_uri)]
+        files.write_csv(output_uri, ("iccid", *state.QUERY_COLUMNS), answers)
+    reads = []
+    real_read_state = rules.read_state
+    monkeypatch.setattr(state, "read_state", lambda *a, **kw: reads.append(kw) or real_read_state(*a, **kw))
+    since = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    result = state.audit_night(batches=batches, audit_folder=audit, night=NIGHT, since=since)
+    assert reads == [{"checked": True}] and result["fleet_size"] == 50 and result["changed"] == 0
+
+    # the same rows, but one IMEI broken by hand after the plan: another file, read with every check
+    body = gzip.decompress(previous.read_bytes()).decode().replace("356938035643809", "35693803564380X", 1)
+    previous.write_bytes(gzip.compress(body.encode()))
+    reads.clear()
+    with pytest.raises(InvalidRequestError, match=r"line 2: imei '35693803564380X': must be 15 digits or empty"):
+        state.audit_night(batches=batches, audit_folder=audit, night=NIGHT, since=since)
+    assert reads == [{"checked": False}]
