@@ -3,7 +3,7 @@ The scale figures of the batch path, measured side by side in one run (``make be
 
 Every figure runs in a fresh process (``benchmarks/figures.py``) against the sandbox in yet another
 process, so CPU time and memory are the client's alone. Prints one line per figure
-(``name | measured | goal | ratio | ok/MISSED``) and a final JSON line. About 9-10 minutes.
+(``name | measured | goal | ratio | ok/MISSED``) and a final JSON line. About 45 minutes (``--quick``: 10).
 
     python benchmarks/run_all.py [--quick]
 
@@ -26,8 +26,10 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
 10. The delivery wait (deferred SmsDeliverySensor) for 10,000 messages, sandbox delivery delay 2 s, platform
     limit 200/s: seconds until every message is final against the floor 10,000 / 200 + 2 s.
 11. The fleet DAG on a real scheduler (``benchmarks/scheduled_fleet.py``: api-server, scheduler, dag-processor,
-    LocalExecutor, SQLite), 20,000 SIMs, platform limit 200/s, pool of 4, automatic batch size, each task paced
-    at 50/s: the platform floor 20,000 / 200 s against the wall time from trigger to report.
+    LocalExecutor, SQLite), 1,000,000 SIMs at 50 ms a call, platform limit 1,000/s, pool of 4, automatic batch
+    size, each task paced at a quarter of the limit with 32 calls in flight (the sizing rules): the platform
+    floor 1,000,000 / 1,000 s against the wall time from trigger to report. About 18 minutes; ``--quick``
+    runs 20,000 SIMs at 200/s instead (about 2 minutes).
 
 12. A whole SmsRun (``dag.test()``: plan, mapped sends, deferred delivery wait, report) to 10,000 and to 100,000
     SIMs (batches of 1,000, sandbox latency 0, a 10 s delivery wait): the run's XCom bytes, every task, read from
@@ -337,35 +339,40 @@ def main() -> None:
 
     # 11. the fleet DAG on a real scheduler, against the platform's floor
     if wanted(11):
-        fleet = 4_000 if q else 20_000
+        fleet, limit, workers = (20_000, 200, 16) if q else (1_000_000, 1_000, 32)
         f = raw["scheduled_fleet"] = measure(
             "",
             "--fleet",
             fleet,
             "--platform-rate",
-            200,
+            limit,
             "--pool",
             4,
             "--client-rate",
-            50,
+            limit / 4,
             "--batch-size",
             "auto",
             "--latency",
             0.05,
+            "--workers",
+            workers,
+            "--timeout",
+            2700,
             script=HERE / "scheduled_fleet.py",
         )
         clean = f["never_queried"] == f["queried_twice"] == 0 and f["report_matches"]
+        goal = 0.9 if q else 0.97  # a million SIMs: the night's fixed costs are 3 % of the floor at most
         figures.append(
             line(
-                f"11 fleet DAG on a scheduler, {fleet} SIMs, platform 200/s, pool 4 x 50/s: floor/wall",
+                f"11 fleet DAG on a scheduler, {fleet} SIMs, platform {limit}/s, pool 4 x {limit / 4:g}/s: floor/wall",
                 f"{f['wall_s']:.1f} s trigger to report (floor {f['floor_s']:.0f} s; plan {f['plan_s']:.1f} s, "
                 f"{f['batches']} batches in {f['waves']} wave(s) {f['batch_span_s']:.1f} s, "
                 f"report {f['report_s']:.1f} s; "
                 f"429s {f['rate_limited']}, never queried {f['never_queried']}, twice {f['queried_twice']}, "
                 f"report exact {f['report_matches']})",
-                ">= 0.9",
+                f">= {goal}",
                 f["ratio"],
-                f["ratio"] >= 0.9 and clean,
+                f["ratio"] >= goal and clean,
             )
         )
 
