@@ -27,7 +27,7 @@ process, so CPU time and memory are the client's alone. Prints one line per figu
     limit 200/s: seconds until every message is final against the floor 10,000 / 200 + 2 s.
 11. The fleet DAG on a real scheduler (``benchmarks/scheduled_fleet.py``: api-server, scheduler, dag-processor,
     LocalExecutor, SQLite), 1,000,000 SIMs at 50 ms a call, platform limit 1,000/s, pool of 4, automatic batch
-    size, each task paced at a quarter of the limit with 32 calls in flight (the sizing rules): the platform
+    size, each task paced at a quarter of the limit with the audit's default 16 calls in flight: the platform
     floor 1,000,000 / 1,000 s against the wall time from trigger to report. About 18 minutes; ``--quick``
     runs 20,000 SIMs at 200/s instead (about 2 minutes).
 
@@ -339,7 +339,7 @@ def main() -> None:
 
     # 11. the fleet DAG on a real scheduler, against the platform's floor
     if wanted(11):
-        fleet, limit, workers = (20_000, 200, 16) if q else (1_000_000, 1_000, 32)
+        fleet, limit = (20_000, 200) if q else (1_000_000, 1_000)
         f = raw["scheduled_fleet"] = measure(
             "",
             "--fleet",
@@ -354,8 +354,6 @@ def main() -> None:
             "auto",
             "--latency",
             0.05,
-            "--workers",
-            workers,
             "--timeout",
             2700,
             script=HERE / "scheduled_fleet.py",
