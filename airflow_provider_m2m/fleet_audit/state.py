@@ -10,6 +10,7 @@ Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id
     <night>/batches/batch-N.csv          the query rows of each batch (QueryImeiOperator's output_uri)
     <night>/imei_changes.csv             the night's report
     <night>/changed_iccids.csv           its ``changed`` SIMs (an ``iccid`` column)
+    <night>/previous-state-checked.json  the fingerprint of the previous state the plan read through
     <night>/work/                        per-status parts while the diff runs (removed after)
 
 Why this shape:
