@@ -35,6 +35,7 @@ import marshal
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,9 @@ def _sorted_runs(rows: Iterable[Mapping[str, str]], scratch: Path, columns: tupl
     """Cut ``rows`` into runs of :data:`RUN_ROWS` rows sorted by ICCID (one run in memory); their files, the count."""
     runs: list[Path] = []
     count = 0
-    for run in chunked((tuple(map(row.get, columns)) for row in rows), RUN_ROWS):
+    # Every row has the header's keys (read_fleet pads short rows); one column's itemgetter returns no tuple.
+    as_tuple = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    for run in chunked(map(as_tuple, rows), RUN_ROWS):
         runs.append(_write_run(scratch / f"run-{len(runs):05d}", sorted(run)))
         count += len(run)
     return runs, count

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.protocol.imei import normalize as normalize_imei
@@ -44,10 +44,9 @@ STATUSES = ("changed", "first_seen", "inventory_mismatch", "unknown", "failed")
 STATE_COLUMNS = ("iccid", "imei", "last_change")
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """
-    What an audit recorded for one SIM: a row of the audit state.
+    What an audit recorded for one SIM: a row of the audit state (a named tuple: a million are made a night).
 
     :param iccid: the SIM.
     :param imei: the device it sat in, or None when the platform knew none.
@@ -199,37 +198,47 @@ must be 18 to 22 digits
         yield row if iccid == row["iccid"] else {**row, "iccid": iccid}  # read_fleet's cells are stripped already
 
 
-def read_state(rows: Iterable[Mapping[str, str]], source: str, *, checked: bool = False) -> Iterator[Seen]:
+def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = False) -> Iterator[Seen]:
     """
     Yield the rows of an audit state file, checking them: its columns, an ICCID per row in ascending order,
     an IMEI of 15 digits or empty, ``last_change`` in ISO 8601 with an offset or empty.
 
-    :param rows: the state file's rows (the header is line 1).
+    :param lines: the state file's lines as lists of cells, the header first (line 1).
     :param source: the file's name, for the messages.
     :param checked: the file was read through with every check earlier this night (and has not changed since):
         only the columns and the ICCIDs' order are checked (a merge-join relies on that order).
     :raises InvalidRequestError: naming the file, the line and the rule (the audit cannot be trusted without
         its previous state: restore or delete the file, then rerun).
+
+    >>> list(read_state([["iccid", "imei", "last_change"], ["8925401000000000001", "", ""]], "state.csv.gz"))
+    [Seen(iccid='8925401000000000001', imei=None, last_change=None)]
+    >>> list(read_state([["iccid", "imei", "last_change"], ["8925401000000000001", "35982704", ""]], "s.csv.gz"))
+    Traceback (most recent call last):
+        ...
+    airflow_provider_m2m.exceptions.InvalidRequestError: audit state s.csv.gz line 2: imei '35982704': must be \
+15 digits or empty
     """
     before = ""
     line = 0  # the header is line 1: a stream unreadable from the start fails there
     try:
-        for line, row in enumerate(rows, start=2):  # ``line`` names the bad line in the except
-            if line == 2 and tuple(row) != STATE_COLUMNS:  # every row has the header's keys: check the first
-                raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(row)}")
-            iccid, imei, last_change = row["iccid"], row["imei"] or None, row["last_change"] or None
+        for line, values in enumerate(lines, start=1):  # ``line`` names the bad line in the except
+            if line == 1:
+                if tuple(values) != STATE_COLUMNS:
+                    raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(values)}")
+                continue
+            iccid, imei, last_change = values  # as wide as the header: the reader checks each row
             if not checked and (error := _iccid_error(iccid)):
                 raise ValueError(error)
             if iccid <= before:
                 raise ValueError(f"iccid {iccid} is out of order: the rows must be sorted by iccid, each once")
             if not checked:
-                if imei is not None and not (imei.isdigit() and imei.isascii() and len(imei) == 15):
+                if imei and not (imei.isdigit() and imei.isascii() and len(imei) == 15):
                     raise ValueError(f"imei {imei[:30]!r}: must be 15 digits or empty")
                 moment = _moment(last_change)
                 if moment is not None and moment.tzinfo is None:
                     raise ValueError(f"last_change {last_change!r}: must carry a UTC offset")
             before = iccid
-            yield Seen(iccid, imei, last_change)
+            yield Seen(iccid, imei or None, last_change or None)
     except csv.Error as exc:  # met while reading the next row (a stray quote, a row of another width)
         raise InvalidRequestError(f"audit state {source} line {line + 1}", str(exc)) from None
     except ValueError as exc:  # a rule this row broke

@@ -40,7 +40,6 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from itertools import chain
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -55,7 +54,15 @@ from airflow_provider_m2m.fleet_audit.rules import (
     expected_imei,
     read_state,
 )
-from airflow_provider_m2m.utils.files import csv_values_writer, csv_writer, merged_csv, read_own_csv, write_csv
+from airflow_provider_m2m.utils.files import (
+    concatenate_csv,
+    csv_values_writer,
+    csv_writer,
+    merged_csv,
+    read_own_csv,
+    read_own_csv_values,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +122,7 @@ def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     marker = ObjectStoragePath(f"{audit_folder}/{as_key(night)}/{CHECKED_STATE}")
     marker.unlink(missing_ok=True)  # first: a marker of an earlier try never vouches for a state read since
     if previous is not None:
-        for _ in read_state(read_own_csv(previous), str(previous)):
+        for _ in read_state(read_own_csv_values(previous), str(previous)):
             pass
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(_fingerprint(previous)))
@@ -184,9 +191,9 @@ def audit_night(
         ]
         counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns, checked)
     report_uri = f"{folder}/imei_changes.csv"
-    write_csv(report_uri, report_columns, chain.from_iterable(read_own_csv(f"{work}/{s}.csv") for s in STATUSES))
+    concatenate_csv(report_uri, [f"{work}/{s}.csv" for s in STATUSES])
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
-    write_csv(changed_uri, ("iccid",), ({"iccid": row["iccid"]} for row in read_own_csv(f"{work}/changed.csv")))
+    (work / "changed_iccids.csv").rename(changed_uri)
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
@@ -219,17 +226,22 @@ def _diff(
     with ExitStack() as files:
         write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
-        recorded = read_state(read_own_csv(previous), str(previous), checked=checked) if previous else iter(())
+        write_changed = files.enter_context(csv_values_writer(f"{work}/changed_iccids.csv", ("iccid",)))
+        recorded: Iterator[Seen] = iter(())
+        if previous is not None:
+            recorded = read_state(read_own_csv_values(previous), str(previous), checked=checked)
         for answer, seen_before in _joined(rows, recorded):
             counts["fleet_size"] += 1
             row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
-                write_state((seen.iccid, seen.imei, seen.last_change))  # STATE_COLUMNS
+                write_state(seen)  # a tuple in STATE_COLUMNS' order
             audited = {"last_audited_imei": seen_before.imei if seen_before else None}
             for status in statuses:
                 counts[status] += 1
                 parts[status]({**row, **audited, "status": status})
+                if status == "changed":
+                    write_changed((row["iccid"],))
     return counts
 
 

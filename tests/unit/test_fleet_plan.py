@@ -166,14 +166,38 @@ def test_files_the_audit_wrote_read_back_as_written_and_a_hand_broken_row_is_nam
             {"iccid": "8925401000000000002", "imei": None, "last_change": "2026-03-01T00:00:00+00:00"}]  # fmt: skip
     files.write_csv(uri, ("iccid", "imei", "last_change"), rows)
     assert list(files.read_own_csv(uri)) == [{**row, "imei": row["imei"] or ""} for row in rows]
-    assert [seen.imei for seen in read_state(files.read_own_csv(uri), uri)] == ["359827041234569", None]
+    assert [seen.imei for seen in read_state(files.read_own_csv_values(uri), uri)] == ["359827041234569", None]
     body = "iccid,imei,last_change\n8925401000000000001,359827041234569,\n\n8925401000000000002,359827041234569\n"
     # a blank line (skipped), then a short row: the second row, line 3 (the header is line 1)
     (tmp_path / "edited.csv.gz").write_bytes(gzip.compress(body.encode()))
     edited = (tmp_path / "edited.csv.gz").as_uri()
     broken = r"^audit state .*edited.csv.gz line 3: 2 cells where the header has 3$"
     with pytest.raises(InvalidRequestError, match=broken):
-        list(read_state(files.read_own_csv(edited), edited))
+        list(read_state(files.read_own_csv_values(edited), edited))
+
+
+def test_a_report_assembled_from_its_parts_holds_their_rows_in_order_under_one_header(tmp_path):
+    """The report's parts are joined by copying their bytes: every row once, in the parts' order; a part of
+    another header is refused and nothing appears at the target."""
+    columns = ("iccid", "asset_name", "status")
+    parts = []
+    first, last = ("8925401000000000001", 'truck, "A"', "changed"), ("8925401000000000002", "", "failed")
+    for n, rows in enumerate([[first], [], [last]]):
+        parts.append((tmp_path / f"part-{n}.csv").as_uri())
+        with files.csv_values_writer(parts[-1], columns) as write:
+            for row in rows:
+                write(row)
+    target = (tmp_path / "report" / "imei_changes.csv").as_uri()
+    files.concatenate_csv(target, parts)
+    assert [tuple(row.values()) for row in files.read_own_csv(target)] == [
+        ("8925401000000000001", 'truck, "A"', "changed"),
+        ("8925401000000000002", "", "failed"),
+    ]
+    other = (tmp_path / "other.csv").as_uri()
+    files.write_csv(other, ("iccid", "status"), [{"iccid": "8925401000000000003", "status": "unknown"}])
+    with pytest.raises(ValueError, match=r"other.csv: its header is not the first part's"):
+        files.concatenate_csv((tmp_path / "mixed.csv").as_uri(), [parts[0], other])
+    assert sorted(p.name for p in tmp_path.iterdir() if "mixed" in p.name) == []
 
 
 def test_the_report_checks_every_row_of_the_previous_state_again_only_if_it_changed_since_the_plan(
