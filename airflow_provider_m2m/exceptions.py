@@ -46,6 +46,7 @@ class InvalidRequestError(M2mProviderError, ValueError):
     def __init__(self, field: str, rule: str, value: str | None = None) -> None:
         self.field = field
         self.rule = rule
+        self.value = value
         shown = f" (got {value})" if value is not None else ""
         super().__init__(f"{field}: {rule}{shown}")
 

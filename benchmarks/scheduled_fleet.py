@@ -148,7 +148,7 @@ def main() -> int:
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--batch-size", default="5000", help="SIMs per batch, or 'auto' (the DAG's own sizing)")
     p.add_argument("--workers", type=int, default=16)
-    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--timeout", type=float, help="seconds to wait for the run (default: 2 x the floor + 600)")
     p.add_argument("--keep-home", action="store_true", help="keep the Airflow home (logs, DB, reports)")
     args = p.parse_args()
     load = os.getloadavg()

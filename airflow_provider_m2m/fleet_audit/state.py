@@ -6,6 +6,7 @@ Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id
 
     state/<night>.csv.gz                 one per successful night (its name: the date it covers, or its cutoff
                                          for a night that does not end at midnight): iccid,imei,last_change
+    state/<night>.csv.gz.written.json    the fingerprint of that file as the audit wrote it (see WRITTEN)
     <night>/batches/input-N.csv          each batch's fleet rows, sorted by ICCID (see fleet_audit.plan)
     <night>/batches/batch-N.csv          the query rows of each batch (QueryImeiOperator's output_uri)
     <night>/imei_changes.csv             the night's report
@@ -73,6 +74,9 @@ QUERY_COLUMNS = ("current_imei", "last_change", "previous_imei", "error")
 
 #: In the night's folder: the fingerprint of the previous state the plan read through (see check_previous_state).
 CHECKED_STATE = "previous-state-checked.json"
+#: Beside each state file: the fingerprint of the file as the audit wrote it. A state unchanged since is the
+#: audit's own output, every row made by the rules, so the next night's plan need not check it row by row.
+WRITTEN = ".written.json"
 
 _STATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}(?:T\d{6}Z)?)\.csv\.gz")
 
@@ -112,9 +116,11 @@ def previous_state(audit_folder: str, night: str | dt.date) -> ObjectStoragePath
 
 def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     """
-    Read the previous state through before any platform call: a night cannot be trusted without it. Leaves the
-    file's fingerprint in the night's folder (:data:`CHECKED_STATE`), so the report, finding the same file,
-    does not check every row a second time.
+    Check the previous state before any platform call: a night cannot be trusted without it. A state the
+    audit wrote and nobody changed since (its :data:`WRITTEN` fingerprint still matches) is trusted as it is;
+    any other (restored from a backup, edited, written by an older version) is read through, row by row.
+    Leaves the file's fingerprint in the night's folder (:data:`CHECKED_STATE`), so the report, finding the
+    same file, checks only its order.
 
     :raises InvalidRequestError: naming the file, the line and the rule.
     """
@@ -122,8 +128,9 @@ def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
     marker = ObjectStoragePath(f"{audit_folder}/{as_key(night)}/{CHECKED_STATE}")
     marker.unlink(missing_ok=True)  # first: a marker of an earlier try never vouches for a state read since
     if previous is not None:
-        for _ in read_state(read_own_csv_values(previous), str(previous)):
-            pass
+        if not _unchanged_since(previous, f"{previous}{WRITTEN}"):
+            for _ in read_state(read_own_csv_values(previous), str(previous)):
+                pass
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(_fingerprint(previous)))
 
@@ -135,12 +142,11 @@ def _fingerprint(path: ObjectStoragePath) -> dict[str, Any]:
     return {"uri": str(path), **{key: str(info[key]) for key in marks if key in info}}
 
 
-def _checked_this_night(previous: ObjectStoragePath, folder: str) -> bool:
-    """True when the plan read ``previous`` through this night and the file has not changed since."""
-    marker = ObjectStoragePath(f"{folder}/{CHECKED_STATE}")
+def _unchanged_since(path: ObjectStoragePath, marker_uri: str) -> bool:
+    """True when the fingerprint in ``marker_uri`` is ``path``'s: the file has not changed since it was taken."""
     try:
-        return json.loads(marker.read_text()) == _fingerprint(previous)
-    except (OSError, ValueError):
+        return json.loads(ObjectStoragePath(marker_uri).read_text()) == _fingerprint(path)
+    except (OSError, ValueError):  # no marker (or an unreadable one): nothing vouches for the file
         return False
 
 
@@ -178,7 +184,7 @@ def audit_night(
     extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
     run_columns = ("iccid", *extra, *QUERY_COLUMNS)
     previous = previous_state(audit_folder, night)
-    checked = previous is not None and _checked_this_night(previous, folder)
+    checked = previous is not None and _unchanged_since(previous, f"{folder}/{CHECKED_STATE}")
     report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
     report_columns += ("last_audited_imei", "error")
     try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
@@ -196,7 +202,10 @@ def audit_night(
     (work / "changed_iccids.csv").rename(changed_uri)
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
+    written = ObjectStoragePath(f"{state}{WRITTEN}")
+    written.unlink(missing_ok=True)  # a rerun's: it never vouches for the file that replaces its state
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
+    written.write_text(json.dumps(_fingerprint(state)))
     _prune(audit_folder, keep_nights)
     for leftover in work.iterdir():
         leftover.unlink()
@@ -265,12 +274,21 @@ def _ranges_in_order(batches: Sequence[tuple[str, str]]) -> Iterator[dict[str, s
 
 def _joined_rows(input_uri: str, output_uri: str) -> Iterator[dict[str, str]]:
     """One batch's fleet rows (sorted by ICCID) joined with its query rows, in that order (one batch in memory)."""
-    answers = {row["iccid"]: row for row in read_own_csv(output_uri)}
-    name = output_uri.rsplit("/", 1)[-1]
-    for row in read_own_csv(input_uri):  # each row a new dict of its own: joined in place, not copied
-        answer = answers.get(row["iccid"])
-        row.update(answer if answer is not None else {"error": f"no answer in {name}"})
-        yield row
+    answer_lines = read_own_csv_values(output_uri)
+    answer_columns = next(answer_lines, ["iccid"])
+    at = answer_columns.index("iccid")
+    answers = {values[at]: values for values in answer_lines}  # lists, not dicts: a million a night
+    fleet_lines = read_own_csv_values(input_uri)
+    fleet_columns = next(fleet_lines, ["iccid"])
+    at = fleet_columns.index("iccid")
+    columns = (*fleet_columns, *answer_columns)  # ``iccid`` twice: the answer's, the same, is kept
+    no_answer = {"error": f"no answer in {output_uri.rsplit('/', 1)[-1]}"}
+    for values in fleet_lines:
+        answer = answers.get(values[at])
+        if answer is not None:
+            yield dict(zip(columns, values + answer, strict=True))  # one dict per SIM: half the time of two
+        else:
+            yield {**dict(zip(fleet_columns, values, strict=True)), **no_answer}
 
 
 def _joined_run(input_uri: str, output_uri: str, run_uri: str, columns: Sequence[str]) -> str:
@@ -292,3 +310,4 @@ def _prune(audit_folder: str, keep_nights: int) -> None:
     states = _states(audit_folder)
     for _, old in states[: max(0, len(states) - keep_nights)]:
         old.unlink()
+        ObjectStoragePath(f"{old}{WRITTEN}").unlink(missing_ok=True)

@@ -91,7 +91,11 @@ def iccid_file(uri: str) -> Iterator[str]:
     from airflow_provider_m2m.utils.fleet_file import read_fleet
 
     for line, row in enumerate(read_fleet(uri, label="iccids_uri"), start=2):
-        yield iccid_rules.validate(row["iccid"], field=f"iccids_uri {uri} line {line}: iccid")
+        try:
+            number = iccid_rules.validate(row["iccid"])
+        except InvalidRequestError as exc:  # named here, not per row: a batch file holds up to 250,000 lines
+            raise InvalidRequestError(f"iccids_uri {uri} line {line}: {exc.field}", exc.rule, exc.value) from None
+        yield number
 
 
 class RendersOnlyTemplates:

@@ -74,7 +74,14 @@ def validate_each(
     items = list(values)
     if not items and not allow_empty:
         raise InvalidRequestError(field, f"at least one {noun} is required")
-    return [validate(v, field=f"{field}[{i}]") for i, v in enumerate(items)]
+    checked = []
+    for i, value in enumerate(items):
+        try:
+            checked.append(validate(value, field=field))
+        except InvalidRequestError:  # named by its position only now: a batch holds up to 250,000
+            validate(value, field=f"{field}[{i}]")  # the same rule, raised again naming the position
+            raise
+    return checked
 
 
 def _listed(text: str, field: str) -> list[object]:

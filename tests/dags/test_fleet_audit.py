@@ -70,7 +70,8 @@ def test_five_nights_report_every_change_exactly_once(timeline_sandbox, fleet_da
     assert _night(fleet_dag, sb, tmp_path, fleet_file, 3).state == "success"
     assert _rows(_folder(tmp_path, 3) / "imei_changes.csv") == reports[3]
     states = sorted(p.name for p in (tmp_path / DAG_ID / "state").iterdir())
-    assert states == [f"{ANCHOR + (n - 1) * DAY:%Y-%m-%d}.csv.gz" for n in (1, 3, 5)]  # none for the failed night
+    nights = [f"{ANCHOR + (n - 1) * DAY:%Y-%m-%d}.csv.gz" for n in (1, 3, 5)]  # none for the failed night
+    assert states == [name + suffix for name in nights for suffix in ("", ".written.json")]  # each with its fingerprint
 
     # Every change the sandbox made after the first audit's start appears in exactly one report, dated truly.
     moves = [(r["iccid"], dt.datetime.fromisoformat(r["last_change"]), n, r["status"])

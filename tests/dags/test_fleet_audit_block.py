@@ -118,7 +118,7 @@ def test_two_fleets_several_nights_each_change_once_read_by_the_users_task(timel
             assert found == [(change.at - ANCHOR).days + 1], change  # the night of its day, that one only
         assert len(set(seen)) == len(seen) and len({(i, a) for i, a, _ in seen}) == len(seen)
         assert sorted(p.name for p in (tmp_path / name / "state").iterdir()) == [
-            f"{ANCHOR + (n - 1) * DAY:%Y-%m-%d}.csv.gz" for n in (1, 2, 3)
+            f"{ANCHOR + (n - 1) * DAY:%Y-%m-%d}.csv.gz{suffix}" for n in (1, 2, 3) for suffix in ("", ".written.json")
         ]
 
 

@@ -234,3 +234,42 @@ def test_the_report_checks_every_row_of_the_previous_state_again_only_if_it_chan
     with pytest.raises(InvalidRequestError, match=r"line 2: imei '35693803564380X': must be 15 digits or empty"):
         state.audit_night(batches=batches, audit_folder=audit, night=NIGHT, since=since)
     assert reads == [{"checked": False}]
+
+
+def test_a_state_the_audit_wrote_is_trusted_by_the_next_plan_until_someone_changes_it(tmp_path, monkeypatch):
+    """A report leaves the fingerprint of the state it wrote; the next night's plan, finding the file unchanged,
+    does not read it row by row, and one edited by hand since is read through again and refused."""
+    import gzip
+
+    from airflow_provider_m2m.fleet_audit import rules, state
+    from airflow_provider_m2m.fleet_audit.plan import audit_folder
+
+    iccids = sorted(_iccids(40, seed=5))
+    audit, fleet = audit_folder(tmp_path.as_uri()), _fleet(tmp_path / "fleet.csv", iccids)
+    reads = []
+    real_read_state = rules.read_state
+    monkeypatch.setattr(state, "read_state", lambda *a, **kw: reads.append(kw) or real_read_state(*a, **kw))
+    since = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+
+    def night(when: dt.date) -> dict:
+        folder = night_folder(tmp_path.as_uri(), when)
+        plan = plan_fleet(fleet, tmp_path.as_uri(), when, 15)
+        batches = [tuple(batch_uris(folder, b["batch"]).values()) for b in plan]
+        for input_uri, output_uri in batches:
+            answers = [{"iccid": r["iccid"], "current_imei": "356938035643809"} for r in _rows(input_uri)]
+            files.write_csv(output_uri, ("iccid", *state.QUERY_COLUMNS), answers)
+        return state.audit_night(batches=batches, audit_folder=audit, night=when, since=since)
+
+    first = night(NIGHT)
+    written = Path(first["state"].removeprefix("file://") + state.WRITTEN)
+    assert reads == [] and written.exists()  # the first night: no previous state
+    assert night(NIGHT + dt.timedelta(days=1))["first_seen"] == 0
+    assert reads == [{"checked": True}]  # the plan trusted the audit's own file; the report checked its order
+
+    stored = Path(first["state"].removeprefix("file://"))
+    body = gzip.decompress(stored.read_bytes()).decode().replace("356938035643809", "35693803564380X", 1)
+    stored.write_bytes(gzip.compress(body.encode()))  # edited by hand after the audit wrote it
+    reads.clear()
+    with pytest.raises(InvalidRequestError, match=r"line 2: imei '35693803564380X': must be 15 digits or empty"):
+        plan_fleet(fleet, tmp_path.as_uri(), NIGHT + dt.timedelta(days=1), 15)
+    assert reads == [{}]  # read through, every row checked
