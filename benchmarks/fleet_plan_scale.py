@@ -15,8 +15,10 @@ after the imports (what the task itself added). Prints JSON; never asserts::
     .venv/bin/python benchmarks/fleet_plan_scale.py --task plan --folder F --sims N --batch-size B   (one step)
 
 ``--batch-size 0`` sizes the batches as the DAG does by default (from the fleet, for a pool of 4 slots).
+``plan_s`` is a night like any other (the previous state as the night before's report wrote it, which the plan
+trusts); ``plan_state_read_s`` the same plan with a state restored by hand (read through, every row checked).
 ``plan_two_pass_s`` is the plan as it was (a count pass when automatic, then the cut, then a merge of the batch
-files for the duplicate check), timed in the same run beside ``plan_s`` (one read of the fleet file); likewise
+files for the duplicate check; the state read through), timed in the same run beside ``plan_s``; likewise
 ``report_merged_s`` is the report merging the batches (as before they were ICCID ranges) beside ``report_s``
 (each batch read once, in order). ``--no-two-pass`` leaves both out.
 """
@@ -48,8 +50,13 @@ def _peak_mb() -> float:
 
 
 def generate(folder: Path, sims: int) -> None:
-    """The fleet file (iccid, asset_name, expected_imei) and the previous night's state under ``folder``."""
-    from airflow_provider_m2m.fleet_audit.state import state_uri
+    """
+    The fleet file (iccid, asset_name, expected_imei) and the previous night's state under ``folder``, with the
+    fingerprint the night before's report leaves beside the state it wrote (see :func:`plan`'s ``trusted``).
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_m2m.fleet_audit.state import mark_written, state_uri
     from airflow_provider_m2m.utils.files import write_csv
 
     rng = random.Random(sims)
@@ -60,7 +67,9 @@ def generate(folder: Path, sims: int) -> None:
     moved = set(rng.sample(iccids, sims // 10))
     state = ({"iccid": i, "imei": "86205704" + imeis[i][8:] if i in moved else imeis[i], "last_change": _WHEN}
              for i in sorted(iccids))  # fmt: skip
-    write_csv(state_uri(_audit(folder), NIGHT - dt.timedelta(days=1)), ["iccid", "imei", "last_change"], state)
+    previous = state_uri(_audit(folder), NIGHT - dt.timedelta(days=1))
+    write_csv(previous, ["iccid", "imei", "last_change"], state)
+    mark_written(ObjectStoragePath(previous))  # as the night before's report leaves it
 
 
 _WHEN = "2026-02-01T00:00:00+00:00"
@@ -72,16 +81,29 @@ def _audit(folder: Path) -> str:
     return audit_folder(folder.as_uri())
 
 
-def plan(folder: Path, batch_size: int, two_pass: bool = False) -> dict:
-    """``plan_batches``' work in this process: the plan, its XCom bytes, the peak RSS growth."""
+def plan(folder: Path, batch_size: int, two_pass: bool = False, trusted: bool = True) -> dict:
+    """
+    ``plan_batches``' work in this process: the plan, its XCom bytes, the peak RSS growth. ``trusted``: the
+    previous state as the audit wrote it (a night like any other); else as if restored by hand, so the plan
+    reads it through, row by row.
+    """
     from airflow_provider_m2m.fleet_audit.plan import plan_fleet, plan_size
+    from airflow_provider_m2m.fleet_audit.state import WRITTEN, state_uri
 
     fleet_uri, size = f"{folder.as_uri()}/fleet.csv", batch_size or None
+    previous = state_uri(_audit(folder), NIGHT - dt.timedelta(days=1)).removeprefix("file://")
+    written, hidden = Path(previous + WRITTEN), Path(previous + ".hidden")
+    if not trusted:
+        written.rename(hidden)
     base = _rss_mb()
-    if two_pass:
-        result = _two_pass_plan(fleet_uri, folder.as_uri(), size)
-    else:
-        result = plan_fleet(fleet_uri, folder.as_uri(), NIGHT, size, pool_slots=POOL_SLOTS)
+    try:
+        if two_pass:
+            result = _two_pass_plan(fleet_uri, folder.as_uri(), size)
+        else:
+            result = plan_fleet(fleet_uri, folder.as_uri(), NIGHT, size, pool_slots=POOL_SLOTS)
+    finally:
+        if not trusted:
+            hidden.rename(written)
     growth = _peak_mb() - base
     (folder / "plan.json").write_text(json.dumps(result))
     return {
@@ -186,6 +208,7 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="m2m-plan-") as tmp:
         _step("generate", tmp, sims, batch_size)
         old = _timed("plan-two-pass", tmp, sims, batch_size) if two_pass else None
+        _, read_through_s = _timed("plan-state-read", tmp, sims, batch_size)
         planned, plan_s = _timed("plan", tmp, sims, batch_size)  # last: the report reads its batch files
         _step("query", tmp, sims, batch_size)
         merged = _timed("report-merged", tmp, sims, batch_size) if two_pass else None
@@ -198,6 +221,7 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
         "xcom_bytes": planned["xcom_bytes"],
         "plan_growth_mb": planned["growth_mb"],
         "plan_s": round(plan_s, 1),
+        "plan_state_read_s": round(read_through_s, 1),
         **({"plan_two_pass_s": round(old[1], 1), "plan_two_pass_growth_mb": old[0]["growth_mb"]} if old else {}),
         "report_growth_mb": reported["growth_mb"],
         "report_s": round(report_s, 1),
@@ -212,7 +236,7 @@ def main() -> None:
     parser.add_argument("--sims", type=int, action="append", help="fleet size (repeatable; default 100k and 1M)")
     parser.add_argument("--batch-size", type=int, default=BATCH, help="SIMs per batch (0: automatic)")
     parser.add_argument("--no-two-pass", action="store_true", help="skip the old two-pass plan (side by side)")
-    tasks = ["generate", "plan", "plan-two-pass", "query", "report", "report-merged"]
+    tasks = ["generate", "plan", "plan-state-read", "plan-two-pass", "query", "report", "report-merged"]
     parser.add_argument("--task", choices=tasks, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +246,8 @@ def main() -> None:
             print("{}")
         else:
             step = {"plan": lambda: plan(args.folder, args.batch_size), "query": lambda: query(args.folder)}
-            step["plan-two-pass"] = lambda: plan(args.folder, args.batch_size, two_pass=True)
+            step["plan-two-pass"] = lambda: plan(args.folder, args.batch_size, two_pass=True, trusted=False)
+            step["plan-state-read"] = lambda: plan(args.folder, args.batch_size, trusted=False)
             step["report"] = lambda: report(args.folder)
             step["report-merged"] = lambda: report(args.folder, merged=True)
             print(json.dumps(step[args.task]()))

@@ -81,6 +81,20 @@ def query_seconds(log: list[dict]) -> float | None:
     return float(found[-1].group(2)) if found else None
 
 
+def batch_phases(log: list[dict], start: float, end: float) -> list[float] | None:
+    """
+    A batch's seconds outside its querying: the task process starting (to its first log line), then up to its
+    progress clock (reading and checking its ICCIDs...), then from its last progress line to its end.
+    """
+    found = [(line, m) for line in log if (m := QUERIED.search(str(line.get("event", ""))))]
+    stamps = [_when(line["timestamp"]) for line in log if line.get("timestamp")]
+    if not found or not stamps:
+        return None
+    last_line = _when(found[-1][0]["timestamp"])
+    clock = last_line - float(found[-1][1].group(2))
+    return [round(min(stamps) - start, 2), round(clock - min(stamps), 2), round(end - last_line, 2)]
+
+
 def startup_seconds(log: list[dict], start: float) -> float | None:
     """Seconds from the task's start to its first log line (the task process starting and parsing the DAG)."""
     stamps = [_when(line["timestamp"]) for line in log if line.get("timestamp")]
@@ -98,6 +112,7 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
                 "end": _when(ti["end_date"]),
                 "query_s": ti.get("query_s"),
                 "startup_s": ti.get("startup_s"),
+                "phases": ti.get("phases"),
             }
         )
     plan, report = by_task[f"{GROUP}.plan_batches"][0], by_task[f"{GROUP}.build_report"][0]
@@ -131,6 +146,7 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
         "batch_query_s": sorted(round(q, 2) for q in queried),
         "query_rate_mean": sum(query_rates) / len(query_rates) if query_rates else None,
         "task_overhead_s": sorted(round(b["end"] - b["start"] - b["query_s"], 2) for b in batches if b.get("query_s")),
+        "batch_phases_s": [b["phases"] for b in batches],
         "plan_startup_s": plan.get("startup_s"),
         "report_startup_s": report.get("startup_s"),
         "last_batch_to_report_start_s": report["start"] - last,
@@ -208,7 +224,8 @@ def main() -> int:
                 state = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")[1]["state"]
                 return state if state in ("success", "failed") else None
 
-            state = af.wait_until(finished, args.timeout, "the DAG run", interval=0.5)
+            timeout = args.timeout or 2 * args.fleet / args.platform_rate + 600
+            state = af.wait_until(finished, timeout, "the DAG run", interval=0.5)
             tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")[1]
             tis = tis["task_instances"]
             plan_xcom = f"taskInstances/{GROUP}.plan_batches/xcomEntries/return_value"
@@ -221,6 +238,7 @@ def main() -> int:
         log = task_log(home, run_id, ti["task_id"], ti["map_index"])
         ti["query_s"] = query_seconds(log)
         ti["startup_s"] = startup_seconds(log, _when(ti["start_date"]))
+        ti["phases"] = batch_phases(log, _when(ti["start_date"]), _when(ti["end_date"]))
     result = breakdown(tis, trigger, sims_of, args.pool, args.client_rate)
     queried = stats["imei_queries_per_iccid"]
     summary = json.loads((home / "reports" / DAG_ID / f"{start:%Y-%m-%d}" / "summary.json").read_text())
@@ -267,6 +285,7 @@ def main() -> int:
         f"    a batch's own rate {r['batch_rate_mean']:.1f}/s = {r['batch_rate_share']:.3f} of its share "
         f"(task start-up included); querying alone {r['query_rate_mean'] or 0:.1f}/s in {r['batch_query_s']} s; "
         f"the rest of each task (start-up, files) {r['task_overhead_s']} s\n"
+        f"    each batch's [process start, before its first query, after its last] {r['batch_phases_s']} s\n"
         f"  last batch -> report    {r['last_batch_to_report_start_s']:6.1f} s\n"
         f"  report                  {r['report_s']:6.1f} s "
         f"(its first log line after {r['report_startup_s'] or 0:.1f} s)\n"

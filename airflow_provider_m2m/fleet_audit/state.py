@@ -135,6 +135,11 @@ def check_previous_state(audit_folder: str, night: str | dt.date) -> None:
         marker.write_text(json.dumps(_fingerprint(previous)))
 
 
+def mark_written(state: ObjectStoragePath) -> None:
+    """Leave ``state``'s fingerprint beside it (:data:`WRITTEN`): the audit wrote it, every row by the rules."""
+    ObjectStoragePath(f"{state}{WRITTEN}").write_text(json.dumps(_fingerprint(state)))
+
+
 def _fingerprint(path: ObjectStoragePath) -> dict[str, Any]:
     """What identifies one version of a file: its name, size and the store's own version marks."""
     info = path.fs.info(path.path)
@@ -202,10 +207,9 @@ def audit_night(
     (work / "changed_iccids.csv").rename(changed_uri)
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
-    written = ObjectStoragePath(f"{state}{WRITTEN}")
-    written.unlink(missing_ok=True)  # a rerun's: it never vouches for the file that replaces its state
+    ObjectStoragePath(f"{state}{WRITTEN}").unlink(missing_ok=True)  # a rerun's never vouches for the new file
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
-    written.write_text(json.dumps(_fingerprint(state)))
+    mark_written(state)
     _prune(audit_folder, keep_nights)
     for leftover in work.iterdir():
         leftover.unlink()
