@@ -204,7 +204,7 @@ def audit_night(
     report_uri = f"{folder}/imei_changes.csv"
     concatenate_csv(report_uri, [f"{work}/{s}.csv" for s in STATUSES])
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
-    (work / "changed_iccids.csv").rename(changed_uri)
+    (work / "changed_iccids.csv").rename(ObjectStoragePath(changed_uri))  # a path: older upath renames no str
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
     ObjectStoragePath(f"{state}{WRITTEN}").unlink(missing_ok=True)  # a rerun's never vouches for the new file
