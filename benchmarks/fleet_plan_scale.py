@@ -128,15 +128,17 @@ def _two_pass_plan(fleet_uri: str, base_uri: str, batch_size: int | None) -> lis
     from airflow_provider_m2m.fleet_audit.sizing import batch_size_for
     from airflow_provider_m2m.fleet_audit.state import check_previous_state
     from airflow_provider_m2m.utils.files import merged_csv, write_csv
-    from airflow_provider_m2m.utils.fleet_file import read_fleet
+    from airflow_provider_m2m.utils.fleet_file import read_fleet, read_fleet_lines
 
     if not batch_size:
         with closing(read_fleet(fleet_uri)) as counted:
             batch_size = batch_size_for(sum(1 for _ in counted), POOL_SLOTS)
     folder = night_folder(base_uri, NIGHT)
     check_previous_state(audit_folder(base_uri), NIGHT)
-    rows = checked_fleet(read_fleet(fleet_uri), fleet_uri)
+    lines = read_fleet_lines(fleet_uri)
+    _, header = next(lines)
     columns = ("iccid", "asset_name", "expected_imei")
+    rows = (dict(zip(header, cells, strict=True)) for cells in checked_fleet(lines, header, fleet_uri))
     plan, inputs = [], []
     while batch := list(islice(rows, batch_size)):
         uri = batch_uris(folder, len(plan))["iccids_uri"]

@@ -33,7 +33,8 @@ import heapq
 import json
 import marshal
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
@@ -45,7 +46,7 @@ from airflow_provider_m2m.fleet_audit.rules import checked_fleet
 from airflow_provider_m2m.fleet_audit.sizing import MAX_MAP_LENGTH, batch_size_for
 from airflow_provider_m2m.fleet_audit.state import check_previous_state
 from airflow_provider_m2m.utils.files import chunked, csv_values_writer, report_folder
-from airflow_provider_m2m.utils.fleet_file import read_fleet
+from airflow_provider_m2m.utils.fleet_file import read_fleet_lines
 
 #: Fleet rows sorted in memory at once while the plan reads the fleet file (a run).
 RUN_ROWS = 10_000
@@ -129,16 +130,19 @@ def plan_fleet(
     :raises InvalidRequestError: naming the file, the line(s) and the rule.
     """
     folder = night_folder(report_base_uri, night, dag_id, group_id)
-    rows = read_fleet(fleet_uri)
-    first = next(rows, None)  # a missing file or a bad header fails here, before the state is read through
+    lines = read_fleet_lines(fleet_uri)
+    _, header = next(lines)  # a missing file or a bad header fails here, before the state is read through
     check_previous_state(audit_folder(report_base_uri, dag_id, group_id), night)
-    columns = ("iccid", *(c for c in (first or {}) if c != "iccid"))
-    checked = checked_fleet(chain([first] if first else [], rows), fleet_uri)
+    where = {name: n for n, name in enumerate(header)}  # a name given twice: its last cell, as a dict keeps
+    columns = ("iccid", *(name for name in where if name != "iccid"))
+    # Rows as tuples in ``columns`` order, ICCID first (what the runs sort by); one column's getter gives no tuple.
+    as_tuple = itemgetter(*map(where.get, columns)) if len(columns) > 1 else lambda cells: (cells[where["iccid"]],)
+    rows = map(as_tuple, checked_fleet(lines, header, fleet_uri))
     plan: list[dict[str, int]] = []
     # The runs are the task's own scratch (written and read back within this call): local disk, not the store,
     # in marshal blocks rather than CSV (several times faster to write and read back; never leaves the task).
-    with tempfile.TemporaryDirectory(prefix="m2m-plan-") as scratch:
-        runs, fleet_size = _sorted_runs(checked, Path(scratch), columns)
+    with closing(lines), tempfile.TemporaryDirectory(prefix="m2m-plan-") as scratch:
+        runs, fleet_size = _sorted_runs(rows, Path(scratch))
         size = batch_size or batch_size_for(fleet_size, pool_slots, max_map_length=max_map_length)
         merged = _each_sim_once(_merged_runs(runs, Path(scratch)), fleet_uri)
         while (first_row := next(merged, None)) is not None:  # a batch file streams: no batch held in memory
@@ -151,13 +155,11 @@ def plan_fleet(
     return plan
 
 
-def _sorted_runs(rows: Iterable[Mapping[str, str]], scratch: Path, columns: tuple[str, ...]) -> tuple[list[Path], int]:
+def _sorted_runs(rows: Iterable[_Row], scratch: Path) -> tuple[list[Path], int]:
     """Cut ``rows`` into runs of :data:`RUN_ROWS` rows sorted by ICCID (one run in memory); their files, the count."""
     runs: list[Path] = []
     count = 0
-    # Every row has the header's keys (read_fleet pads short rows); one column's itemgetter returns no tuple.
-    as_tuple = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
-    for run in chunked(map(as_tuple, rows), RUN_ROWS):
+    for run in chunked(rows, RUN_ROWS):
         runs.append(_write_run(scratch / f"run-{len(runs):05d}", sorted(run)))
         count += len(run)
     return runs, count
@@ -201,8 +203,11 @@ def _each_sim_once(rows: Iterator[_Row], fleet_uri: str) -> Iterator[_Row]:
 
 def _listed_twice(iccid: str, fleet_uri: str) -> InvalidRequestError:
     """The error for an ICCID listed twice, naming both lines: a second pass over the fleet file, streamed."""
-    lines = (n for n, row in enumerate(read_fleet(fleet_uri), start=2) if row.get("iccid") == iccid)
-    first, second = islice(lines, 2)
+    fleet = read_fleet_lines(fleet_uri)
+    with closing(fleet):
+        _, header = next(fleet)
+        at = header.index("iccid")
+        first, second = islice((line for line, cells in fleet if cells[at] == iccid), 2)
     rule = f"iccid {iccid} is listed twice (first on line {first}): each SIM must appear once"
     return InvalidRequestError(f"fleet file {fleet_uri} line {second}", rule)
 

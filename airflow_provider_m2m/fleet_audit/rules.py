@@ -144,12 +144,16 @@ def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datet
 
 
 # ---------------------------------------------------------------------------------------------- input rules
-def _iccid_error(value: str) -> str | None:
+def _is_iccid(value: str) -> bool:
+    """The audit's ICCID rule: 18 to 22 ASCII digits, as written (fleet rows and state rows are keyed by it)."""
+    return 18 <= len(value) <= 22 and value.isdigit() and value.isascii()
+
+
+def _iccid_error(value: str) -> str:
+    """What is wrong with an ICCID :func:`_is_iccid` refused."""
     if not value:
         return "iccid: the cell is empty"
-    if not (value.isdigit() and value.isascii() and 18 <= len(value) <= 22):
-        return f"iccid {value[:30]!r}: must be 18 to 22 digits"
-    return None
+    return f"iccid {value[:30]!r}: must be 18 to 22 digits"
 
 
 def expected_imei(value: str | None) -> str | None:
@@ -171,31 +175,40 @@ def expected_imei(value: str | None) -> str | None:
     return value if len(value) == 15 else normalize_imei(value)  # an IMEI as it is; an IMEISV turned into one
 
 
-def checked_fleet(rows: Iterable[Mapping[str, str]], source: str) -> Iterator[Mapping[str, str]]:
+def checked_fleet(
+    lines: Iterable[tuple[int, Sequence[str]]], header: Sequence[str], source: str
+) -> Iterator[Sequence[str]]:
     """
-    Yield each fleet row (its ``iccid`` stripped), checking it: an ICCID of 18 to 22 digits, an ``expected_imei``
-    that is empty or an IMEI. Row by row, holding nothing: that each ICCID is listed once is checked on the
-    sorted batch files (:mod:`airflow_provider_m2m.fleet_audit.plan`).
+    Yield each fleet row's cells, checking them: an ICCID of 18 to 22 digits, an ``expected_imei`` that is empty
+    or an IMEI. Row by row, holding nothing: that each ICCID is listed once is checked on the sorted batch
+    files (:mod:`airflow_provider_m2m.fleet_audit.plan`).
 
-    :param rows: the fleet file's rows (the header is line 1).
+    :param lines: the fleet file's rows as ``(line number, cells)``, cells stripped
+        (:func:`~airflow_provider_m2m.utils.fleet_file.read_fleet_lines`).
+    :param header: the columns (an ``iccid`` one; a name given twice: its last cell counts, as in a dict).
     :param source: the file's name, for the messages.
     :raises InvalidRequestError: naming the file, the line and the rule.
 
-    >>> list(checked_fleet([{"iccid": "8925401000000000001"}, {"iccid": "89254010000000000O2"}], "fleet.csv"))
+    >>> lines = [(2, ["8925401000000000001", "a"]), (4, ["89254010000000000O2", "b"])]  # line 3 was blank
+    >>> list(checked_fleet(lines, ["iccid", "asset_name"], "fleet.csv"))
     Traceback (most recent call last):
         ...
-    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file fleet.csv line 3: iccid '89254010000000000O2': \
+    airflow_provider_m2m.exceptions.InvalidRequestError: fleet file fleet.csv line 4: iccid '89254010000000000O2': \
 must be 18 to 22 digits
     """
-    for line, row in enumerate(rows, start=2):
-        iccid = (row.get("iccid") or "").strip()
-        if error := _iccid_error(iccid):
-            raise InvalidRequestError(f"fleet file {source} line {line}", error)
-        try:
-            expected_imei(row.get("expected_imei"))
-        except ValueError as exc:
-            raise InvalidRequestError(f"fleet file {source} line {line}", f"expected_imei: {exc}") from None
-        yield row if iccid == row["iccid"] else {**row, "iccid": iccid}  # read_fleet's cells are stripped already
+    where = {name: n for n, name in enumerate(header)}
+    at, imei_at = where["iccid"], where.get("expected_imei")
+    for line, cells in lines:
+        iccid = cells[at]
+        if not _is_iccid(iccid):  # the message is made only for a bad row: a million rows a night
+            raise InvalidRequestError(f"fleet file {source} line {line}", _iccid_error(iccid))
+        imei = cells[imei_at] if imei_at is not None else ""
+        if imei and not (len(imei) == 15 and imei.isdigit() and imei.isascii()):  # else an IMEI as it is
+            try:
+                expected_imei(imei)
+            except ValueError as exc:
+                raise InvalidRequestError(f"fleet file {source} line {line}", f"expected_imei: {exc}") from None
+        yield cells
 
 
 def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = False) -> Iterator[Seen]:
@@ -227,8 +240,8 @@ def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = F
                     raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(values)}")
                 continue
             iccid, imei, last_change = values  # as wide as the header: the reader checks each row
-            if not checked and (error := _iccid_error(iccid)):
-                raise ValueError(error)
+            if not checked and not _is_iccid(iccid):
+                raise ValueError(_iccid_error(iccid))
             if iccid <= before:
                 raise ValueError(f"iccid {iccid} is out of order: the rows must be sorted by iccid, each once")
             if not checked:

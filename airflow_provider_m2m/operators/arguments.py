@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pendulum
@@ -11,6 +10,7 @@ import pendulum
 from airflow_provider_m2m.exceptions import InvalidRequestError
 from airflow_provider_m2m.hooks.base import MAX_WORKERS_LIMIT
 from airflow_provider_m2m.protocol import iccid as iccid_rules
+from airflow_provider_m2m.utils.fleet_file import fleet_iccids
 
 
 def as_int(value: object, field: str, low: int, high: int) -> int:
@@ -61,7 +61,7 @@ def as_iccid_source(iccids: object, iccids_uri: object) -> list[str]:
     ICCIDs to query.
 
     A file is read once, whole: it is one batch, which the hook's batch call holds as a list anyway, and every
-    line is checked (see :func:`iccid_file`) before anything is sent.
+    line is checked (see :func:`~airflow_provider_m2m.utils.fleet_file.fleet_iccids`) before anything is sent.
     """
     given = [name for name, value in (("iccids", iccids), ("iccids_uri", iccids_uri)) if value not in (None, "")]
     if len(given) != 1:
@@ -74,28 +74,10 @@ def as_iccid_source(iccids: object, iccids_uri: object) -> list[str]:
         return iccid_rules.validate_many(iccids)
     if not isinstance(iccids_uri, str):
         raise InvalidRequestError("iccids_uri", f"must be a URI string, not {type(iccids_uri).__name__}")
-    numbers = list(iccid_file(iccids_uri))
+    numbers = list(fleet_iccids(iccids_uri, label="iccids_uri"))
     if not numbers:
         raise InvalidRequestError(f"iccids_uri {iccids_uri}", "at least one ICCID is required: the file lists none")
     return numbers
-
-
-def iccid_file(uri: str) -> Iterator[str]:
-    """
-    The ICCIDs of a CSV file with an ``iccid`` column (any case: the fleet file rule,
-    :mod:`~airflow_provider_m2m.utils.fleet_file`), streamed row by row, each checked by the rule every
-    ``iccids`` list follows (:func:`~airflow_provider_m2m.protocol.iccid.validate`).
-
-    :raises InvalidRequestError: naming the file, the line and the rule.
-    """
-    from airflow_provider_m2m.utils.fleet_file import read_fleet
-
-    for line, row in enumerate(read_fleet(uri, label="iccids_uri"), start=2):
-        try:
-            number = iccid_rules.validate(row["iccid"])
-        except InvalidRequestError as exc:  # named here, not per row: a batch file holds up to 250,000 lines
-            raise InvalidRequestError(f"iccids_uri {uri} line {line}: {exc.field}", exc.rule, exc.value) from None
-        yield number
 
 
 class RendersOnlyTemplates:

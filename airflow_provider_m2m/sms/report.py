@@ -17,9 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from airflow_provider_m2m.protocol import iccid as iccid_rules
 from airflow_provider_m2m.utils.files import read_csv, report_folder, write_csv
-from airflow_provider_m2m.utils.fleet_file import read_fleet
 
 #: Columns of a batch's outcome file (SendSmsOperator's rows).
 OUTCOME_COLUMNS = ("iccid", "sms_uid", "outcome", "error")
@@ -47,19 +45,6 @@ def batch_uris(folder: str, batch: int) -> dict[str, str]:
         "iccids_uri": f"{folder}/batches/input-{batch:05d}.csv",
         "output_uri": f"{folder}/batches/sent-{batch:05d}.csv",
     }
-
-
-def fleet_iccids(fleet_uri: str) -> Iterator[str]:
-    """
-    The ICCIDs of a fleet file (a CSV with an ``iccid`` column; other columns are ignored), each checked.
-
-    The one place an SMS run reads a fleet file. A missing file is bad input naming the URI (retrying
-    cannot make it appear).
-
-    :raises InvalidRequestError: no such file, no ``iccid`` column, or a bad ICCID (naming the line).
-    """
-    for line, row in enumerate(read_fleet(fleet_uri, label="fleet_uri"), start=2):
-        yield iccid_rules.validate(row["iccid"], field=f"fleet_uri {fleet_uri} line {line}: iccid")
 
 
 def write_batches(folder: str, numbers: list[str], batch_size: int) -> list[int]:

@@ -185,13 +185,14 @@ def validate_and_plan(
 ) -> dict[str, Any]:
     """Validate every SIM and the message before anything is sent; write the batch files."""
     from airflow_provider_m2m.protocol import iccid, sms
-    from airflow_provider_m2m.sms.report import fleet_iccids, run_folder, write_batches
+    from airflow_provider_m2m.sms.report import run_folder, write_batches
+    from airflow_provider_m2m.utils.fleet_file import fleet_iccids
     from airflow_provider_m2m.utils.version_compat import AirflowFailException
 
     try:
         numbers = [] if _absent(iccids) else iccid.validate_many(iccids, allow_empty=True)
         if not _absent(fleet_uri):
-            numbers += fleet_iccids(str(fleet_uri).strip())
+            numbers += fleet_iccids(str(fleet_uri).strip(), label="fleet_uri")
         if not numbers:
             raise InvalidRequestError("iccids / fleet_uri", "at least one ICCID is required (none listed)")
         numbers = list(dict.fromkeys(numbers))  # one message per SIM

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -37,24 +37,46 @@ def read_csv(
     uri: str | ObjectStoragePath, columns: Callable[[list[str]], list[str]] | None = None
 ) -> Generator[dict[str, str], None, None]:
     """
-    Yield the rows of a CSV file with a header, as dicts, leniently as people write them: cells stripped, blank
-    lines skipped, a short row's missing cells empty, a long row's extra cells dropped.
+    Yield the rows of a CSV file with a header, as dicts, leniently as people write them (see
+    :func:`read_csv_lines`).
 
     :param uri: the file's URI or path.
     :param columns: called with the header (line 1, also of a file without rows) before any row is read; it
         returns the keys to use (checking or renaming columns) or raises.
     """
+    lines = read_csv_lines(uri, columns)
+    with closing(lines):
+        _, header = next(lines)
+        for _, cells in lines:
+            yield dict(zip(header, cells, strict=True))  # as long as the header: read_csv_lines pads and cuts
+
+
+def read_csv_lines(
+    uri: str | ObjectStoragePath, columns: Callable[[list[str]], list[str]] | None = None
+) -> Generator[tuple[int, list[str]], None, None]:
+    """
+    The lines of a CSV file with a header as ``(line number, cells)``, leniently as people write them: cells
+    stripped, blank lines skipped (but counted: a message names the line an editor shows), a short row's
+    missing cells empty, a long row's extra cells dropped. The first item is the header, line 1.
+
+    Lists, not dicts: readers of a million rows that know their columns (the fleet audit's plan, a batch's
+    ICCIDs) take the cells they need by position.
+
+    :param uri: the file's URI or path.
+    :param columns: called with the header (also of a file without rows) before any row is read; it returns
+        the names to use (checking or renaming columns) or raises.
+    """
     with _csv_lines(uri) as lines:
         header = [key.strip() for key in next(lines, ())]
-        if columns is not None:
-            header = columns(header)
-        width = len(header)
+        yield 1, columns(header) if columns is not None else header
+        width, line = len(header), lines.line_num
         for values in lines:
+            first, line = line + 1, lines.line_num  # a quoted cell may span lines: name the row's first
             if len(values) != width:
                 values = (values + [""] * width)[:width]
-            cells = [value.strip() for value in values]
+            cells = list(map(str.strip, values))
             if any(cells):  # not a blank line, nor only commas
-                yield dict(zip(header, cells, strict=True))
+                yield first, cells
 
 
 def read_own_csv(uri: str | ObjectStoragePath) -> Generator[dict[str, str], None, None]:
@@ -80,7 +102,7 @@ def read_own_csv_values(uri: str | ObjectStoragePath) -> Generator[list[str], No
     :raises csv.Error: a row whose cells are not as many as the header's (a file changed by hand), naming both.
     """
     with _csv_lines(uri) as lines:
-        header = next(lines, [])
+        header: list[str] = next(lines, [])
         yield header
         width = len(header)
         for values in lines:
@@ -92,7 +114,7 @@ def read_own_csv_values(uri: str | ObjectStoragePath) -> Generator[list[str], No
 
 
 @contextmanager
-def _csv_lines(uri: str | ObjectStoragePath) -> Iterator[Iterator[list[str]]]:
+def _csv_lines(uri: str | ObjectStoragePath) -> Iterator[Any]:  # a csv.reader: its line_num counts lines read
     """A CSV file's lines as lists of cells (gzip-compressed when its name ends ``.gz``), read in blocks."""
     path = ObjectStoragePath(uri)
     with (

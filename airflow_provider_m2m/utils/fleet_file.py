@@ -44,10 +44,12 @@ def fleet_columns(header: list[str], source: str) -> list[str]:
     return [ICCID if n == found[0] else name for n, name in enumerate(header)]
 
 
-def read_fleet(uri: str, *, label: str = "fleet file") -> Generator[dict[str, str], None, None]:
+def read_fleet_lines(uri: str, *, label: str = "fleet file") -> Generator[tuple[int, list[str]], None, None]:
     """
-    Stream the rows of a fleet file as dicts, each SIM's ICCID under the key ``iccid`` (cells stripped, blank
-    lines skipped); the header is checked before the first row is yielded (also for a file without rows).
+    Stream a fleet file as ``(line number, cells)``: first line 1, the header with the ICCID column named
+    ``iccid`` (checked before anything else is yielded, also for a file without rows), then each row as
+    :func:`~airflow_provider_m2m.utils.files.read_csv_lines` reads it (cells stripped, as many as the header's;
+    blank lines skipped but counted, so a message names the line an editor shows).
 
     :param uri: the file's object-storage URI (``file://``, ``s3://``...).
     :param label: how messages name the file, before its URI: the argument that gave it (``iccids_uri``) or
@@ -56,20 +58,54 @@ def read_fleet(uri: str, *, label: str = "fleet file") -> Generator[dict[str, st
         ``<label> <uri>: no such file`` (a missing file is bad input: retrying cannot make it appear), or
         ``<label>: a file's URI is required`` (an empty URI, e.g. a param left blank).
     """
-    from airflow_provider_m2m.utils.files import read_csv
+    from airflow_provider_m2m.utils.files import read_csv_lines
 
     if not uri or not str(uri).strip():
         raise InvalidRequestError(label, "a file's URI is required")
     source = f"{label} {uri}"
-    rows = read_csv(uri, lambda header: fleet_columns(header, source))
-    with closing(rows):  # closes the file also when the caller stops early
+    lines = read_csv_lines(uri, lambda header: fleet_columns(header, source))
+    with closing(lines):  # closes the file also when the caller stops early
         try:
-            first = next(rows, None)  # opens the file and checks the header
+            header = next(lines)  # opens the file and checks the header
         except FileNotFoundError:
             raise InvalidRequestError(source, "no such file: check the URI") from None
-        if first is not None:
-            yield first
-            yield from rows
+        yield header
+        yield from lines
 
 
-__all__ = ["ICCID", "fleet_columns", "read_fleet"]
+def read_fleet(uri: str, *, label: str = "fleet file") -> Generator[dict[str, str], None, None]:
+    """
+    :func:`read_fleet_lines`' rows as dicts, each SIM's ICCID under the key ``iccid``; the header is checked
+    before the first row is yielded (also for a file without rows). Raises as :func:`read_fleet_lines`.
+    """
+    lines = read_fleet_lines(uri, label=label)
+    with closing(lines):
+        _, header = next(lines)
+        for _, cells in lines:
+            yield dict(zip(header, cells, strict=True))
+
+
+def fleet_iccids(uri: str, *, label: str = "fleet file") -> Generator[str, None, None]:
+    """
+    The ICCIDs of a fleet file (other columns are ignored), each checked by the rule every list of ICCIDs
+    follows (:func:`airflow_provider_m2m.protocol.iccid.validate`: spaces and dashes between groups go).
+    Streamed: the first bad line raises before the rest is read.
+
+    :param uri: the file's object-storage URI.
+    :param label: how messages name the file (see :func:`read_fleet_lines`).
+    :raises InvalidRequestError: as :func:`read_fleet_lines`, or naming the file, the line and the ICCID rule.
+    """
+    from airflow_provider_m2m.protocol import iccid as iccid_rules
+
+    lines = read_fleet_lines(uri, label=label)
+    with closing(lines):
+        _, header = next(lines)
+        at = header.index(ICCID)
+        for line, cells in lines:
+            try:
+                yield iccid_rules.validate(cells[at])
+            except InvalidRequestError as exc:  # named here, not per row: a batch file holds up to 250,000 lines
+                raise InvalidRequestError(f"{label} {uri} line {line}: {exc.field}", exc.rule, exc.value) from None
+
+
+__all__ = ["ICCID", "fleet_columns", "fleet_iccids", "read_fleet", "read_fleet_lines"]

@@ -307,6 +307,7 @@ def _iccid_file(tmp_path, lines: list[str], header: str = "iccid,asset_name") ->
         ("neither", r"^iccids / iccids_uri: give exactly one: .* \(got neither given\)$"),
         ("bad_line", r"^iccids_uri {uri} line 501: iccid: an ICCID has digits only \(got '89254010000000000O1'\)$"),
         ("short_line", r"^iccids_uri {uri} line 3: iccid: an ICCID has 18 to 22 digits, this one has 5"),
+        ("after_blanks", r"^iccids_uri {uri} line 11: iccid: an ICCID has digits only \(got '89254010000000000O1'\)$"),
         ("no_column", r"^iccids_uri {uri} line 1: the header has no iccid column \(got sim,asset_name\)$"),
         ("empty", r"^iccids_uri {uri}: at least one ICCID is required: the file lists none$"),
     ],
@@ -323,6 +324,8 @@ def test_iccids_uri_bad_input_sends_nothing(sb, tmp_path, case, expected):
         lines[499] = "89254010000000000O1,truck"  # a letter O, far down the file: nothing before it is sent
     elif case == "short_line":
         lines[1] = "89254,truck"
+    elif case == "after_blanks":  # skipped, yet counted: the message names the line an editor shows
+        lines[3], lines[5], lines[9] = "", " , ", "89254010000000000O1,truck"
     elif case == "no_column":
         header = "sim,asset_name"
     else:

@@ -74,6 +74,21 @@ def test_an_iccid_listed_twice_names_the_file_both_lines_and_the_rule(tmp_path, 
     assert not list((tmp_path / "fleet_imei_change_report" / f"{NIGHT}" / "work").glob("*"))
 
 
+@pytest.mark.parametrize("bad", ["listed twice", "not an iccid"])
+def test_a_bad_row_after_blank_lines_and_a_cell_over_two_lines_is_named_by_its_line_in_the_file(tmp_path, bad):
+    """Blank lines are skipped but counted, and a quoted cell's line break too: the line an editor shows."""
+    a, b, c = _iccids(3, seed=9)
+    fleet = tmp_path / "fleet.csv"
+    last = a if bad == "listed twice" else "89254010000000000O1"
+    fleet.write_text(f'iccid,asset_name\n{a},truck-1\n\n , \n{b},"bay 2\nrow 3"\n{c},truck-3\n\n{last},truck-4\n')
+    with pytest.raises(InvalidRequestError) as info:
+        plan_fleet(fleet.as_uri(), tmp_path.as_uri(), NIGHT, 7)
+    rule = f"iccid {a} is listed twice (first on line 2): each SIM must appear once"
+    if bad == "not an iccid":
+        rule = f"iccid {last!r}: must be 18 to 22 digits"
+    assert str(info.value) == f"fleet file {fleet.as_uri()} line 9: {rule}"
+
+
 def test_the_merge_streams_in_rounds_and_keeps_key_order(tmp_path, monkeypatch):
     """More sorted files than FAN_IN: merged in rounds into one sorted stream; its own files are deleted after."""
     monkeypatch.setattr(files, "FAN_IN", 3)
@@ -116,8 +131,8 @@ def test_the_automatic_plan_reads_the_fleet_once_and_cuts_sorted_ranges(tmp_path
     iccids = _iccids(1001, seed=5)
     fleet = _fleet(tmp_path / "fleet.csv", iccids)
     opened: list[str] = []
-    real_read_fleet = plan_module.read_fleet
-    monkeypatch.setattr(plan_module, "read_fleet", lambda uri: opened.append(str(uri)) or real_read_fleet(uri))
+    real_read = plan_module.read_fleet_lines
+    monkeypatch.setattr(plan_module, "read_fleet_lines", lambda uri: opened.append(str(uri)) or real_read(uri))
 
     plan = plan_fleet(fleet, tmp_path.as_uri(), NIGHT, None, pool_slots=4)
 
