@@ -15,8 +15,9 @@ run exists and makes no other). The clock runs from the trigger to the end of ``
 
 Prints the breakdown from the task instances' start and end times (REST API): scheduling before the plan,
 plan, gaps, the batches (waves, idle pool slots between waves and in the last wave, each batch's own rate
-against its share) and the report; then the platform's view (429s, SIMs queried twice or never) and whether
-the report matches the sandbox fleet's truth. The last line is a JSON object. Never asserts.
+against its share, where its time at the limit went) and the report; then the platform's view (429s, SIMs
+queried twice or never) and whether the report matches the sandbox fleet's truth. The last line is a JSON
+object. Never asserts.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def batch_phases(log: list[dict], start: float, end: float) -> list[float] | Non
     return [round(min(stamps) - start, 2), round(clock - min(stamps), 2), round(end - last_line, 2)]
 
 
+PACED = re.compile(r"The batch was paced at .*fresh turn: (\d+); pauses for a 429: (\d+) \(([\d.]+) s\)")
+
+
+def batch_pacing(log: list[dict]) -> list[float] | None:
+    """A batch's [late wakes that took a fresh turn, pauses for a 429, seconds paused], from the hook's last line."""
+    found = [m for line in log if (m := PACED.search(str(line.get("event", ""))))]
+    return [int(found[-1].group(1)), int(found[-1].group(2)), float(found[-1].group(3))] if found else None
+
+
 def startup_seconds(log: list[dict], start: float) -> float | None:
     """Seconds from the task's start to its first log line (the task process starting and parsing the DAG)."""
     stamps = [_when(line["timestamp"]) for line in log if line.get("timestamp")]
@@ -113,6 +123,7 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
                 "query_s": ti.get("query_s"),
                 "startup_s": ti.get("startup_s"),
                 "phases": ti.get("phases"),
+                "pacing": ti.get("pacing"),
             }
         )
     plan, report = by_task[f"{GROUP}.plan_batches"][0], by_task[f"{GROUP}.build_report"][0]
@@ -147,6 +158,7 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
         "query_rate_mean": sum(query_rates) / len(query_rates) if query_rates else None,
         "task_overhead_s": sorted(round(b["end"] - b["start"] - b["query_s"], 2) for b in batches if b.get("query_s")),
         "batch_phases_s": [b["phases"] for b in batches],
+        "batch_pacing": [b["pacing"] for b in batches],
         "plan_startup_s": plan.get("startup_s"),
         "report_startup_s": report.get("startup_s"),
         "last_batch_to_report_start_s": report["start"] - last,
@@ -239,6 +251,7 @@ def main() -> int:
         ti["query_s"] = query_seconds(log)
         ti["startup_s"] = startup_seconds(log, _when(ti["start_date"]))
         ti["phases"] = batch_phases(log, _when(ti["start_date"]), _when(ti["end_date"]))
+        ti["pacing"] = batch_pacing(log)
     result = breakdown(tis, trigger, sims_of, args.pool, args.client_rate)
     queried = stats["imei_queries_per_iccid"]
     summary = json.loads((home / "reports" / DAG_ID / f"{start:%Y-%m-%d}" / "summary.json").read_text())
@@ -286,6 +299,7 @@ def main() -> int:
         f"(task start-up included); querying alone {r['query_rate_mean'] or 0:.1f}/s in {r['batch_query_s']} s; "
         f"the rest of each task (start-up, files) {r['task_overhead_s']} s\n"
         f"    each batch's [process start, before its first query, after its last] {r['batch_phases_s']} s\n"
+        f"    each batch's [late wakes that took a fresh turn, pauses for a 429, seconds paused] {r['batch_pacing']}\n"
         f"  last batch -> report    {r['last_batch_to_report_start_s']:6.1f} s\n"
         f"  report                  {r['report_s']:6.1f} s "
         f"(its first log line after {r['report_startup_s'] or 0:.1f} s)\n"

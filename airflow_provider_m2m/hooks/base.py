@@ -295,9 +295,15 @@ class PlatformHook(BaseHook):
         if not items:
             return iter(())
         self.fetch_connection()  # on this thread, before the loop starts
-        return batches.map_concurrently(
+        results = batches.map_concurrently(
             items, _one_item(work, error_row), session=lambda: self.batch_session(workers), max_workers=workers
         )
+        return self._paced(results) if self.limiter.rate else results
+
+    def _paced(self, results: Iterator[R]) -> Iterator[R]:
+        """``results``, then a log line of what the rate limit cost the batch (where its time at the limit went)."""
+        yield from results
+        self.log.info("The batch was %s", self.limiter.pacing())
 
     async def agather_concurrently(
         self,

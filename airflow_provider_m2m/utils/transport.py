@@ -173,8 +173,8 @@ class Attempts:
         """
         if self.limiter is None:
             return
-        for _ in range(1 + MAX_FRESH_TURNS):
-            wait = self.limiter.reserve()
+        for fresh in range(1 + MAX_FRESH_TURNS):
+            wait = self.limiter.reserve(retaken=fresh > 0)
             turn = time.monotonic() + wait
             yield wait
             if not self.limiter.is_late(turn):
@@ -259,11 +259,20 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_free = time.monotonic()  # when the bucket is next empty enough ("virtual time")
         self._paused_until = 0.0
+        #: Where a batch's time at the limit went (:meth:`pacing`): turns taken again by callers that woke late,
+        #: and the pauses the platform's 429s asked for.
+        self.turns_retaken = self.pauses = 0
+        self.paused_s = 0.0
 
-    def reserve(self) -> float:
-        """Take a slot; return how many seconds the caller must wait before sending."""
+    def reserve(self, *, retaken: bool = False) -> float:
+        """
+        Take a slot; return how many seconds the caller must wait before sending.
+
+        :param retaken: the caller woke too late for the turn it had (see :meth:`Attempts.turns`); counted.
+        """
         now = time.monotonic()
         with self._lock:
+            self.turns_retaken += retaken
             start = max(now, self._paused_until)
             if not self.rate:
                 return start - now
@@ -281,8 +290,23 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the platform said so with a 429)."""
+        now = time.monotonic()
         with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            until = max(self._paused_until, now + seconds)
+            self.pauses += 1
+            self.paused_s += until - max(self._paused_until, now)  # a pause within another adds what it extends
+            self._paused_until = until
+
+    def pacing(self) -> str:
+        """
+        What the limit cost so far, for a batch's log: the turns taken again after a late wake (each one a slot
+        that went unused) and the pauses for 429 (every caller held).
+        """
+        with self._lock:
+            return (
+                f"paced at {self.rate:g}/s; late wakes that took a fresh turn: {self.turns_retaken}; "
+                f"pauses for a 429: {self.pauses} ({self.paused_s:.1f} s)"
+            )
 
 
 def _read_bounded(chunks: Iterable[bytes], deadline: float) -> bytes:

@@ -144,6 +144,7 @@ def test_a_caller_held_up_again_and_again_sends_after_a_few_fresh_turns(clock):
         taken += 1
         clock.sleep(wait + 1.0)  # always a second late
     assert taken == 1 + transport.MAX_FRESH_TURNS
+    assert limiter.turns_retaken == transport.MAX_FRESH_TURNS  # each a slot that went unused: the batch's log says
     assert limiter.is_late(clock.now - 0.03) and not limiter.is_late(clock.now - 0.02)
     assert not RateLimiter(None).is_late(clock.now - 100)  # without a rate nothing is late
 
@@ -159,6 +160,17 @@ def test_rate_limiter_unlimited_and_pause(clock):
     limited.pause(1)
     assert limited.reserve() == pytest.approx(1.0)
     assert limited.reserve() == pytest.approx(1.01)
+
+
+def test_the_pacing_line_counts_pauses_by_what_they_held_everyone_up(clock):
+    limiter = RateLimiter(250)
+    limiter.pause(1)
+    clock.now += 0.5
+    limiter.pause(1)  # half a second into the first: it adds half a second
+    limiter.pause(0.2)  # within the second: adds nothing
+    assert (limiter.pauses, limiter.paused_s) == (3, pytest.approx(1.5))
+    expected = "paced at 250/s; late wakes that took a fresh turn: 0; pauses for a 429: 3 (1.5 s)"
+    assert limiter.pacing() == expected
 
 
 # ---------------------------------------------------------------------------------------------- Attempts
