@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from airflow_provider_m2m.exceptions import InvalidRequestError
+from airflow_provider_m2m.protocol.iccid import MAX_LENGTH, MIN_LENGTH
 from airflow_provider_m2m.protocol.imei import normalize as normalize_imei
 
 #: The report's ``status`` values, in the order its rows come.
@@ -146,14 +147,14 @@ def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datet
 # ---------------------------------------------------------------------------------------------- input rules
 def _is_iccid(value: str) -> bool:
     """The audit's ICCID rule: 18 to 22 ASCII digits, as written (fleet rows and state rows are keyed by it)."""
-    return 18 <= len(value) <= 22 and value.isdigit() and value.isascii()
+    return MIN_LENGTH <= len(value) <= MAX_LENGTH and value.isdigit() and value.isascii()
 
 
 def _iccid_error(value: str) -> str:
     """What is wrong with an ICCID :func:`_is_iccid` refused."""
     if not value:
         return "iccid: the cell is empty"
-    return f"iccid {value[:30]!r}: must be 18 to 22 digits"
+    return f"iccid {value[:30]!r}: must be {MIN_LENGTH} to {MAX_LENGTH} digits"
 
 
 def expected_imei(value: str | None) -> str | None:

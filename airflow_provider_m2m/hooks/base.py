@@ -302,8 +302,9 @@ class PlatformHook(BaseHook):
 
     def _paced(self, results: Iterator[R]) -> Iterator[R]:
         """``results``, then a log line of what the rate limit cost the batch (where its time at the limit went)."""
+        before = self.limiter.costs()  # the hook's limiter serves its every batch: this one's share is the difference
         yield from results
-        self.log.info("The batch was %s", self.limiter.pacing())
+        self.log.info("The batch was %s", self.limiter.pacing(since=before))
 
     async def agather_concurrently(
         self,

@@ -44,9 +44,14 @@ def validate(value: object, *, check_luhn: bool = False, field: str = "iccid") -
     :param check_luhn: also require a valid Luhn check digit.
     :param field: the field name to report in errors.
     """
-    if type(value) is str and not check_luhn and MIN_LENGTH <= len(value) <= MAX_LENGTH and value.isdigit():
-        if value.isascii():  # already compact and valid, as nearly every one of a batch's 250,000 is
-            return value
+    if (
+        type(value) is str
+        and not check_luhn
+        and MIN_LENGTH <= len(value) <= MAX_LENGTH
+        and value.isdigit()
+        and value.isascii()
+    ):
+        return value  # already compact and valid, as nearly every one of a batch's 250,000 is
     # People copy ICCIDs from cards and portals with spaces or dashes between groups.
     number = as_text(value, field).replace(" ", "").replace("-", "")
     if not number.isdigit() or not number.isascii():

@@ -297,16 +297,22 @@ class RateLimiter:
             self.paused_s += until - max(self._paused_until, now)  # a pause within another adds what it extends
             self._paused_until = until
 
-    def pacing(self) -> str:
-        """
-        What the limit cost so far, for a batch's log: the turns taken again after a late wake (each one a slot
-        that went unused) and the pauses for 429 (every caller held).
-        """
+    def costs(self) -> tuple[int, int, float]:
+        """What the limit has cost so far: turns taken again after a late wake, pauses for a 429, seconds paused."""
         with self._lock:
-            return (
-                f"paced at {self.rate:g}/s; late wakes that took a fresh turn: {self.turns_retaken}; "
-                f"pauses for a 429: {self.pauses} ({self.paused_s:.1f} s)"
-            )
+            return self.turns_retaken, self.pauses, self.paused_s
+
+    def pacing(self, since: tuple[int, int, float] = (0, 0, 0.0)) -> str:
+        """
+        What the limit cost since ``since`` (a :meth:`costs` taken before; a hook's limiter serves all its batches),
+        for a batch's log: the turns taken again after a late wake (each one a slot that went unused) and the pauses
+        for a 429 (every caller held).
+        """
+        retaken, pauses, paused_s = (now - before for now, before in zip(self.costs(), since, strict=True))
+        return (
+            f"paced at {self.rate:g}/s; late wakes that took a fresh turn: {retaken:g}; "
+            f"pauses for a 429: {pauses:g} ({paused_s:.1f} s)"
+        )
 
 
 def _read_bounded(chunks: Iterable[bytes], deadline: float) -> bytes:

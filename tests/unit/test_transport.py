@@ -171,6 +171,11 @@ def test_the_pacing_line_counts_pauses_by_what_they_held_everyone_up(clock):
     assert (limiter.pauses, limiter.paused_s) == (3, pytest.approx(1.5))
     expected = "paced at 250/s; late wakes that took a fresh turn: 0; pauses for a 429: 3 (1.5 s)"
     assert limiter.pacing() == expected
+    before = limiter.costs()  # the next batch of the same hook reports its own share only
+    clock.now += 2
+    limiter.pause(1)
+    expected = "paced at 250/s; late wakes that took a fresh turn: 0; pauses for a 429: 1 (1.0 s)"
+    assert limiter.pacing(since=before) == expected
 
 
 # ---------------------------------------------------------------------------------------------- Attempts
