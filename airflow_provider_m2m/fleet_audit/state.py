@@ -55,6 +55,7 @@ from airflow_provider_m2m.fleet_audit.rules import (
     expected_imei,
     read_state,
 )
+from airflow_provider_m2m.utils.cycle_collector import paused_cycle_collector
 from airflow_provider_m2m.utils.files import (
     concatenate_csv,
     csv_values_writer,
@@ -236,7 +237,7 @@ def _diff(
     ``checked``: the plan read the previous state through this night (only its order is checked again).
     """
     counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
-    with ExitStack() as files:
+    with ExitStack() as files, paused_cycle_collector():
         write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
         write_changed = files.enter_context(csv_values_writer(f"{work}/changed_iccids.csv", ("iccid",)))
@@ -249,10 +250,10 @@ def _diff(
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
                 write_state(seen)  # a tuple in STATE_COLUMNS' order
-            audited = {"last_audited_imei": seen_before.imei if seen_before else None}
-            for status in statuses:
+            for status in statuses:  # most SIMs have none: nothing more is made for them
                 counts[status] += 1
-                parts[status]({**row, **audited, "status": status})
+                audited = seen_before.imei if seen_before else None
+                parts[status]({**row, "last_audited_imei": audited, "status": status})
                 if status == "changed":
                     write_changed((row["iccid"],))
     return counts
