@@ -15,9 +15,10 @@ run exists and makes no other). The clock runs from the trigger to the end of ``
 
 Prints the breakdown from the task instances' start and end times (REST API): scheduling before the plan,
 plan, gaps, the batches (waves, idle pool slots between waves and in the last wave, each batch's own rate
-against its share, where its time at the limit went) and the report; then the platform's view (429s, SIMs
-queried twice or never) and whether the report matches the sandbox fleet's truth. The last line is a JSON
-object. Never asserts.
+against its share, where its time at the limit went) and the report; how busy the machine's cores were in the
+plan, the batches and the report (and how much of them the hypervisor and the platform simulator took); then
+the platform's view (429s, SIMs queried twice or never) and whether the report matches the sandbox fleet's
+truth. The last line is a JSON object. Never asserts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +113,64 @@ def startup_seconds(log: list[dict], start: float) -> float | None:
     return min(stamps) - start if stamps else None
 
 
+class CpuSampler:
+    """
+    The machine's CPU once a second while the run goes (``/proc/stat``): how busy its cores were in each phase,
+    how much the hypervisor took (steal), and what the platform simulator's own process used. On a machine this
+    small the simulator, the scheduler and the batches share the cores: a phase at 100 % busy is bound by the
+    machine, not by the DAG.
+
+    :param pid: the platform simulator's process.
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.samples = pid, []
+        self.cores = os.cpu_count() or 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), *self._read()))
+            if self._stop.wait(1.0):
+                return
+
+    def _read(self) -> tuple[int, int, int, int]:
+        """Ticks so far: all, idle (with I/O wait), steal, and the simulator's (user + system)."""
+        with open("/proc/stat") as stat:
+            cells = [int(n) for n in stat.readline().split()[1:]]
+        simulator = 0
+        if self.pid:
+            try:
+                with open(f"/proc/{self.pid}/stat") as own:
+                    fields = own.read().rsplit(")", 1)[1].split()
+                simulator = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the line)
+            except OSError:
+                pass
+        return sum(cells[:8]), cells[3] + cells[4], cells[7], simulator
+
+    def window(self, start: float, end: float) -> dict[str, float] | None:
+        """Busy and steal as a share of all cores, and the simulator's cores, between ``start`` and ``end``."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return None
+        (_, all0, idle0, steal0, sim0), (_, all1, idle1, steal1, sim1) = inside[0], inside[-1]
+        ticks = max(1, all1 - all0)
+        return {
+            "busy": round(1 - (idle1 - idle0) / ticks, 3),
+            "steal": round((steal1 - steal0) / ticks, 3),
+            "simulator_cores": round((sim1 - sim0) / ticks * self.cores, 2),
+        }
+
+
 def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: int, client_rate: float) -> dict:
     """Where the wall time went, from the task instances' start and end times."""
     by_task: dict[str, list[dict]] = {}
@@ -167,6 +227,12 @@ def breakdown(tis: list[dict], trigger: float, sims_of: dict[int, int], pool: in
     }
 
 
+def _cpu_line(window: dict[str, float] | None) -> str:
+    if window is None:
+        return "(too short to sample)"
+    return f"[{window['busy']:.0%}, {window['steal']:.1%}, {window['simulator_cores']:.2f}]"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--fleet", type=int, default=20_000)
@@ -201,7 +267,8 @@ def main() -> int:
             "AIRFLOW__CORE__PARALLELISM": str(args.pool + 1),  # the batches of the pool, beside plan or report
         }
         components = ("api-server", "scheduler", "dag-processor")
-        with AirflowServer(home, extra_env=env, components=components) as af:
+        simulator = sb.proc.pid if sb.proc else None
+        with AirflowServer(home, extra_env=env, components=components) as af, CpuSampler(simulator) as cpu:
             status, body = af.api(
                 "PATCH", f"/api/v2/pools/{POOL}", {"pool": POOL, "slots": args.pool, "include_deferred": False}
             )
@@ -253,6 +320,17 @@ def main() -> int:
         ti["phases"] = batch_phases(log, _when(ti["start_date"]), _when(ti["end_date"]))
         ti["pacing"] = batch_pacing(log)
     result = breakdown(tis, trigger, sims_of, args.pool, args.client_rate)
+    starts = {ti["task_id"]: _when(ti["start_date"]) for ti in tis}
+    ends = {ti["task_id"]: _when(ti["end_date"]) for ti in tis}
+    batch_tis = [ti for ti in tis if ti["task_id"] == f"{GROUP}.query_imeis"]
+    result["cpu"] = {
+        "cores": cpu.cores,
+        "plan": cpu.window(starts[f"{GROUP}.plan_batches"], ends[f"{GROUP}.plan_batches"]),
+        "batches": cpu.window(
+            min(_when(ti["start_date"]) for ti in batch_tis), max(_when(ti["end_date"]) for ti in batch_tis)
+        ),
+        "report": cpu.window(starts[f"{GROUP}.build_report"], ends[f"{GROUP}.build_report"]),
+    }
     queried = stats["imei_queries_per_iccid"]
     summary = json.loads((home / "reports" / DAG_ID / f"{start:%Y-%m-%d}" / "summary.json").read_text())
     changed = {row["iccid"] for row in read_csv(summary["report_csv"]) if row["status"] == "changed"}
@@ -304,6 +382,9 @@ def main() -> int:
         f"  report                  {r['report_s']:6.1f} s "
         f"(its first log line after {r['report_startup_s'] or 0:.1f} s)\n"
         f"  trigger -> report end   {r['wall_s']:6.1f} s: floor {floor:.0f} s / wall = {r['ratio']:.3f}\n"
+        f"  CPU of the machine's {r['cpu']['cores']} cores [busy, stolen by the hypervisor, the platform simulator's "
+        f"cores]: plan {_cpu_line(r['cpu']['plan'])}, batches {_cpu_line(r['cpu']['batches'])}, report "
+        f"{_cpu_line(r['cpu']['report'])}\n"
         f"  platform: {r['requests']} queries, {r['rate_limited']} x 429, never queried {r['never_queried']}, "
         f"queried twice {r['queried_twice']}; report matches the fleet's truth: {r['report_matches']}; "
         f"run {r['state']} ({r['dag_runs']} run(s)); load average before/after {r['load_average']}"
