@@ -144,6 +144,36 @@ def at_cutoff(answer: Mapping[str, str], previous: Seen | None, cutoff: dt.datet
     return {**answer, "current_imei": device, "previous_imei": "", "last_change": known or ""}
 
 
+def unchanged(previous: Seen, answer: Mapping[str, str], cutoff: dt.datetime | None) -> bool:
+    """
+    True for the usual SIM of a night: the platform answers the device and the ``last_change`` the last audit
+    recorded, that change is before the cutoff, and the fleet file expects that device or none. For such a SIM
+    :func:`at_cutoff` keeps the answer and :func:`audit_sim` reports nothing and records ``previous`` again, so
+    the diff need not call them (most of a million SIMs a night). Anything else, such as an IMEISV to turn into
+    an IMEI or a date written another way, is False: left to them.
+
+    :param previous: the last successful audit's row for the SIM.
+    :param answer: the night's row for the SIM (the query columns and the fleet file's ``expected_imei``).
+    :param cutoff: the night's cutoff, or None (every answer taken as it is).
+
+    >>> seen = Seen("8925401000000000001", "359827041234569", "2026-01-05T08:00:00+00:00")
+    >>> answer = {"iccid": seen.iccid, "current_imei": seen.imei, "last_change": seen.last_change, "error": ""}
+    >>> unchanged(seen, answer, dt.datetime(2026, 3, 2, tzinfo=dt.UTC))
+    True
+    >>> unchanged(seen, {**answer, "expected_imei": "862057041234566"}, None)  # an inventory mismatch
+    False
+    """
+    if answer.get("error"):
+        return False
+    imei, last_change = answer.get("current_imei"), answer.get("last_change") or None
+    if not imei or imei != previous.imei or last_change != previous.last_change:
+        return False
+    expected = answer.get("expected_imei")
+    if expected and expected != imei:
+        return False
+    return last_change is None or cutoff is None or dt.datetime.fromisoformat(last_change) < cutoff  # at_cutoff's test
+
+
 # ---------------------------------------------------------------------------------------------- input rules
 def _is_iccid(value: str) -> bool:
     """The audit's ICCID rule: 18 to 22 ASCII digits, as written (fleet rows and state rows are keyed by it)."""

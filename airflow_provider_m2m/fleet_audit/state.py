@@ -54,6 +54,7 @@ from airflow_provider_m2m.fleet_audit.rules import (
     audit_sim,
     expected_imei,
     read_state,
+    unchanged,
 )
 from airflow_provider_m2m.utils.cycle_collector import paused_cycle_collector
 from airflow_provider_m2m.utils.files import (
@@ -246,6 +247,9 @@ def _diff(
             recorded = read_state(read_own_csv_values(previous), str(previous), checked=checked)
         for answer, seen_before in _joined(rows, recorded):
             counts["fleet_size"] += 1
+            if seen_before is not None and unchanged(seen_before, answer, cutoff):
+                write_state(seen_before)  # nothing to report: the state keeps the SIM's row
+                continue
             row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
             if seen is not None:
