@@ -1,12 +1,11 @@
 """
-Python's cycle collector, paused while a task walks a million rows.
+Python's cycle collector, paused while a task walks a million rows (the fleet audit's report, its diff).
 
-Reading a fleet, a batch or an audit state makes millions of small objects (a list of cells per row, a dict
-per SIM) that are freed by reference counting as the walk moves on. The cycle collector, triggered by
-allocations, keeps scanning the ones alive (a batch's answers, the audit state's rows) while finding nothing
-to free: about an eighth of the time the audit's report of a million SIMs took (figure 8's
-``report_collecting_s``). Memory does not grow while it is paused unless something makes reference cycles,
-and what a paused walk made is collected when it resumes.
+The report's diff makes millions of small objects (a list of cells per row, a dict per SIM) that are freed by
+reference counting as the walk moves on. The cycle collector, triggered by allocations, kept scanning the ones
+alive (a batch's answers, the audit state's rows) while finding nothing to free: about an eighth of the time
+the report of a million SIMs took (figure 8's ``report_collecting_s``). Memory does not grow while it is
+paused unless something makes reference cycles, and what a paused walk made is collected when it resumes.
 """
 
 from __future__ import annotations
