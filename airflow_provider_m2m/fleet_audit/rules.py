@@ -243,7 +243,9 @@ must be 18 to 22 digits
         yield cells
 
 
-def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = False) -> Iterator[Seen]:
+def read_state(
+    lines: Iterable[Sequence[str]], source: str, *, checked: bool = False, start: str = ""
+) -> Iterator[Seen]:
     """
     Yield the rows of an audit state file, checking them: its columns, an ICCID per row in ascending order,
     an IMEI of 15 digits or empty, ``last_change`` in ISO 8601 with an offset or empty.
@@ -252,6 +254,8 @@ def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = F
     :param source: the file's name, for the messages.
     :param checked: the file was read through with every check earlier this night (and has not changed since):
         only the columns and the ICCIDs' order are checked (a merge-join relies on that order).
+    :param start: yield only the rows from this ICCID on (a batch's range); the rows before it are only checked
+        to be in order, so a read that starts late finds every row of its range.
     :raises InvalidRequestError: naming the file, the line and the rule (the audit cannot be trusted without
         its previous state: restore or delete the file, then rerun).
 
@@ -272,6 +276,9 @@ def read_state(lines: Iterable[Sequence[str]], source: str, *, checked: bool = F
                     raise ValueError(f"the columns must be {','.join(STATE_COLUMNS)}, got {','.join(values)}")
                 continue
             iccid, imei, last_change = values  # as wide as the header: the reader checks each row
+            if before < iccid < start:  # before the range asked for, in order: nothing else to check or make
+                before = iccid
+                continue
             if not checked and not _is_iccid(iccid):
                 raise ValueError(_iccid_error(iccid))
             if iccid <= before:

@@ -12,7 +12,8 @@ Layout under the audit folder (``<report_base_uri>/<dag_id>``, plus the group id
     <night>/imei_changes.csv             the night's report
     <night>/changed_iccids.csv           its ``changed`` SIMs (an ``iccid`` column)
     <night>/previous-state-checked.json  the fingerprint of the previous state the plan read through
-    <night>/work/                        per-status parts while the diff runs (removed after)
+    <night>/parts/batch-N/               each batch's share of the diff, made by the batch (removed after)
+    <night>/work/                        per-status parts while the report writes (removed after)
 
 Why this shape:
 
@@ -23,6 +24,10 @@ Why this shape:
   that are not ranges, e.g. cut by an older plan, are joined into sorted runs under ``work/`` and merged
   with :func:`~airflow_provider_m2m.utils.files.merged_csv` instead.) Memory depends on the batch size, not
   on the fleet.
+* Each batch diffs its own range as soon as its query file is written (:func:`diff_batch`), beside the night's
+  other batches, and the report joins their parts by copying bytes: the diff of a million SIMs is spread over
+  the batches' workers instead of run by one task after them all. A part counts only when it was made from
+  the files the report would read; otherwise the report diffs the batches itself.
 * It is written only when the night's report is written, and moved into place last, so a failed night leaves
   no state and the next night compares against the last successful one.
 * A night compares against the newest state of a night *before* it, so a rerun of an old night reproduces
@@ -39,9 +44,9 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, closing
+from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
@@ -59,10 +64,10 @@ from airflow_provider_m2m.fleet_audit.rules import (
 from airflow_provider_m2m.utils.cycle_collector import paused_cycle_collector
 from airflow_provider_m2m.utils.files import (
     concatenate_csv,
+    concatenate_gzip_csv,
     csv_values_writer,
     csv_writer,
     merged_csv,
-    read_own_csv,
     read_own_csv_values,
     write_csv,
 )
@@ -79,6 +84,10 @@ CHECKED_STATE = "previous-state-checked.json"
 #: Beside each state file: the fingerprint of the file as the audit wrote it. A state unchanged since is the
 #: audit's own output, every row made by the rules, so the next night's plan need not check it row by row.
 WRITTEN = ".written.json"
+#: In the night's folder: the batches' shares of the diff (see :func:`diff_batch`), until the report joins them.
+PARTS = "parts"
+#: In a part's folder, written last: its counts, its first and last ICCID, and what it was made from.
+PART_DONE = "done.json"
 
 _STATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}(?:T\d{6}Z)?)\.csv\.gz")
 
@@ -187,33 +196,30 @@ def audit_night(
         raise NightIncomplete(missing)
     folder = f"{audit_folder}/{as_key(night)}"
     work = ObjectStoragePath(f"{folder}/work")
-    first = next(read_own_csv(batches[0][0]), {}) if batches else {}
-    extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
-    run_columns = ("iccid", *extra, *QUERY_COLUMNS)
+    extra, report_columns = _columns(batches[0][0] if batches else None)
     previous = previous_state(audit_folder, night)
-    checked = previous is not None and _unchanged_since(previous, f"{folder}/{CHECKED_STATE}")
-    report_columns = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change")
-    report_columns += ("last_audited_imei", "error")
-    try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
-        counts = _diff(_ranges_in_order(batches), previous, since, cutoff, work, report_columns, checked)
-    except _NotInOrder as reason:  # batches cut otherwise (an older plan): join each into a sorted run, merge those
-        log.info("%s: merging the batches instead", reason)
-        runs = [
-            _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
-            for n, (input_uri, output_uri) in enumerate(batches)
-        ]
-        counts = _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, report_columns, checked)
+    made_from = _made_from(previous, since, cutoff, report_columns)
+    parts = _batch_parts(batches, folder, made_from)
+    if parts is not None:  # the batches diffed their own ranges: join their parts, byte for byte
+        counts = _added(part.counts for part in parts)
+        concatenate_gzip_csv(f"{work}/state.csv.gz", STATE_COLUMNS, [f"{p.folder}/state.csv.gz" for p in parts])
+        sources = [f"{p.folder}/changed_iccids.csv" for p in parts]
+        by_status = [f"{p.folder}/{s}.csv" for s in STATUSES for p in parts]
+    else:
+        checked = previous is not None and _unchanged_since(previous, f"{folder}/{CHECKED_STATE}")
+        counts = _diff_batches(batches, previous, since, cutoff, work, extra, report_columns, checked)
+        sources, by_status = [f"{work}/changed_iccids.csv"], [f"{work}/{s}.csv" for s in STATUSES]
     report_uri = f"{folder}/imei_changes.csv"
-    concatenate_csv(report_uri, [f"{work}/{s}.csv" for s in STATUSES])
+    concatenate_csv(report_uri, by_status)
     changed_uri = f"{folder}/changed_iccids.csv"  # the SIMs whose device changed: a fleet file of their own
-    (work / "changed_iccids.csv").rename(ObjectStoragePath(changed_uri))  # a path: older upath renames no str
+    concatenate_csv(changed_uri, sources)
     state = ObjectStoragePath(state_uri(audit_folder, night))
     state.parent.mkdir(parents=True, exist_ok=True)
     ObjectStoragePath(f"{state}{WRITTEN}").unlink(missing_ok=True)  # a rerun's never vouches for the new file
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
     mark_written(state)
     _prune(audit_folder, keep_nights)
-    for leftover in work.iterdir():
+    for leftover in [*work.iterdir(), *_part_files(folder)]:
         leftover.unlink()
     return {
         "report_csv": report_uri,
@@ -224,6 +230,169 @@ def audit_night(
     }
 
 
+def diff_batch(
+    *,
+    batch: tuple[str, str],
+    audit_folder: str,
+    night: str | dt.date,
+    since: dt.datetime,
+    cutoff: dt.datetime | None = None,
+) -> dict[str, int] | None:
+    """
+    One batch's share of the night's diff, made by the batch itself once its query file is written: a night's
+    batches diff their ICCID ranges side by side (as many at once as its pool runs, on as many workers), and
+    the report joins their parts byte for byte instead of diffing the whole fleet alone.
+
+    Writes ``<night>/parts/<batch>/``: the batch's rows of the night's state (without a header), of each
+    status and of ``changed_iccids.csv``, then :data:`PART_DONE` (its counts, its first and last ICCID, and
+    what it was made from). :func:`audit_night` joins the parts only when every batch has one made from what
+    the report itself would read (the batch's files as they are, the same previous state, ``since`` and
+    ``cutoff``); otherwise it diffs the batches itself, with the same rules. The batch reads the previous state
+    from its start up to its own range only to check the order of those rows (the plan checked the rest).
+
+    :param batch: ``(input_uri, output_uri)``, as for :func:`audit_night`.
+    :param audit_folder: the audit's folder; ``night``, ``since``, ``cutoff``: as for :func:`audit_night`.
+    :returns: the batch's counts (``fleet_size`` and each status), or None: the previous state changed since the
+        plan checked it, so the report reads it through and diffs every batch itself.
+    """
+    folder = f"{audit_folder}/{as_key(night)}"
+    part = ObjectStoragePath(_part_folder(folder, batch[1]))
+    done = part / PART_DONE
+    done.unlink(missing_ok=True)  # first: the part of an earlier try never vouches for this one
+    previous = previous_state(audit_folder, night)
+    if previous is not None and not _unchanged_since(previous, f"{folder}/{CHECKED_STATE}"):
+        return None  # changed since the plan checked it: the report reads it through, every row
+    _, report_columns = _columns(batch[0])
+    span: list[str] = []
+    rows = _spanned(_ranges_in_order([batch]), span)
+    counts = _diff(rows, previous, since, cutoff, part, report_columns, True, state_header=False, start=_first(batch))
+    made_from = {**_made_from(previous, since, cutoff, report_columns), **_batch_files(batch)}
+    done.write_text(json.dumps({"counts": counts, "span": span, "made_from": made_from}))
+    return counts
+
+
+class _BatchPart(NamedTuple):
+    folder: str
+    counts: dict[str, int]
+
+
+def _part_folder(folder: str, output_uri: str) -> str:
+    """A batch's part, named after its query file: ``<night>/parts/batch-00007``."""
+    return f"{folder}/{PARTS}/{output_uri.rsplit('/', 1)[-1].removesuffix('.csv')}"
+
+
+def _batch_parts(batches: Sequence[tuple[str, str]], folder: str, made_from: dict[str, Any]) -> list[_BatchPart] | None:
+    """
+    The batches' parts in order, when every batch has one made from ``made_from`` and its files as they are
+    now, and their ICCID ranges follow each other; else None (logging why), and the report diffs the batches.
+    """
+    parts, before = [], ""
+    for batch in batches:
+        part = _part_folder(folder, batch[1])
+        try:
+            done = json.loads(ObjectStoragePath(f"{part}/{PART_DONE}").read_text())
+        except (OSError, ValueError):  # no part (a batch of an older version, or its diff failed): not an error
+            log.info("%s has no part: the report diffs the batches itself", part.rsplit("/", 1)[-1])
+            return None
+        if done.get("made_from") != {**made_from, **_batch_files(batch)}:
+            log.info("%s was made from other files: the report diffs the batches itself", part.rsplit("/", 1)[-1])
+            return None
+        span = done.get("span") or []
+        if span and span[0] <= before:
+            log.info("%s does not start after the batch before it: the report diffs the batches", part)
+            return None
+        before = span[-1] if span else before
+        parts.append(_BatchPart(part, done["counts"]))
+    return parts or None
+
+
+def _made_from(
+    previous: ObjectStoragePath | None, since: dt.datetime, cutoff: dt.datetime | None, columns: Sequence[str]
+) -> dict[str, Any]:
+    """What a night's diff depends on besides the batch's own files (as JSON gives it back)."""
+    return {
+        "previous_state": _fingerprint(previous) if previous is not None else None,
+        "since": since.isoformat(),
+        "cutoff": cutoff.isoformat() if cutoff is not None else None,
+        "columns": list(columns),
+    }
+
+
+def _batch_files(batch: tuple[str, str]) -> dict[str, Any]:
+    """The fingerprints of a batch's input and query files."""
+    return {"input": _fingerprint(ObjectStoragePath(batch[0])), "output": _fingerprint(ObjectStoragePath(batch[1]))}
+
+
+def _added(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """The parts' counts added up."""
+    total = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
+    for each in counts:
+        for key in total:
+            total[key] += each[key]
+    return total
+
+
+def _part_files(folder: str) -> list[ObjectStoragePath]:
+    """The files of every batch's part in the night's ``folder`` (used or not): ``parts/<batch>/<file>``."""
+    parts = ObjectStoragePath(f"{folder}/{PARTS}")
+    if not parts.exists():
+        return []
+    return [file for part in parts.iterdir() if part.is_dir() for file in part.iterdir()]
+
+
+def _columns(first_input: str | None) -> tuple[list[str], tuple[str, ...]]:
+    """The fleet file's own columns (from the first batch's header) and the report's columns."""
+    first: list[str] = []
+    if first_input:
+        with closing(read_own_csv_values(first_input)) as lines:
+            first = next(lines, [])
+    extra = [c for c in first if c != "iccid" and c not in QUERY_COLUMNS]
+    report = ("iccid", *extra, "status", "current_imei", "previous_imei", "last_change", "last_audited_imei")
+    return extra, (*report, "error")
+
+
+def _diff_batches(
+    batches: Sequence[tuple[str, str]],
+    previous: ObjectStoragePath | None,
+    since: dt.datetime,
+    cutoff: dt.datetime | None,
+    work: ObjectStoragePath,
+    extra: Sequence[str],
+    columns: Sequence[str],
+    checked: bool,
+) -> dict[str, int]:
+    """The whole night's diff in the report (the batches made no parts): the state and one part per status."""
+    try:  # the plan's batches are ICCID ranges in order: each is read once, joined as it streams
+        return _diff(_ranges_in_order(batches), previous, since, cutoff, work, columns, checked)
+    except _NotInOrder as reason:  # batches cut otherwise (an older plan): join each into a sorted run, merge those
+        log.info("%s: merging the batches instead", reason)
+        run_columns = ("iccid", *extra, *QUERY_COLUMNS)
+        runs = [
+            _joined_run(input_uri, output_uri, f"{work}/run-{n:05d}.csv", run_columns)
+            for n, (input_uri, output_uri) in enumerate(batches)
+        ]
+        return _diff(merged_csv(runs, work, run_columns), previous, since, cutoff, work, columns, checked)
+
+
+def _first(batch: tuple[str, str]) -> str:
+    """The first ICCID of a batch (its input file is sorted), or "" for none."""
+    with closing(read_own_csv_values(batch[0])) as lines:
+        header = next(lines, [])
+        first = next(lines, None)
+    return first[header.index("iccid")] if first is not None else ""
+
+
+def _spanned(rows: Iterator[dict[str, str]], span: list[str]) -> Iterator[dict[str, str]]:
+    """``rows`` as they are; ``span`` ends up with the first and the last ICCID (empty: no rows)."""
+    row = None
+    for row in rows:
+        if not span:
+            span.append(row["iccid"])
+        yield row
+    if row is not None:
+        span.append(row["iccid"])
+
+
 def _diff(
     rows: Iterator[dict[str, str]],
     previous: ObjectStoragePath | None,
@@ -232,19 +401,22 @@ def _diff(
     work: ObjectStoragePath,
     columns: Sequence[str],
     checked: bool,
+    state_header: bool = True,
+    start: str = "",
 ) -> dict[str, int]:
     """
     Walk the night's rows (sorted by ICCID) beside the previous state: the state and one part per status.
     ``checked``: the plan read the previous state through this night (only its order is checked again).
+    ``state_header`` False and ``start`` (the first ICCID of the rows): a batch's part (:func:`diff_batch`).
     """
     counts = {"fleet_size": 0, **dict.fromkeys(STATUSES, 0)}
     with ExitStack() as files, paused_cycle_collector():
-        write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS))
+        write_state = files.enter_context(csv_values_writer(f"{work}/state.csv.gz", STATE_COLUMNS, header=state_header))
         parts = {s: files.enter_context(csv_writer(f"{work}/{s}.csv", columns)) for s in STATUSES}
         write_changed = files.enter_context(csv_values_writer(f"{work}/changed_iccids.csv", ("iccid",)))
         recorded: Iterator[Seen] = iter(())
         if previous is not None:
-            recorded = read_state(read_own_csv_values(previous), str(previous), checked=checked)
+            recorded = read_state(read_own_csv_values(previous), str(previous), checked=checked, start=start)
         for answer, seen_before in _joined(rows, recorded):
             counts["fleet_size"] += 1
             if seen_before is not None and unchanged(seen_before, answer, cutoff):

@@ -159,7 +159,7 @@ def csv_writer(uri: str | ObjectStoragePath, columns: Sequence[str]) -> Iterator
 
 @contextmanager
 def csv_values_writer(
-    uri: str | ObjectStoragePath, columns: Sequence[str]
+    uri: str | ObjectStoragePath, columns: Sequence[str], *, header: bool = True
 ) -> Iterator[Callable[[Sequence[Any]], None]]:
     """
     :func:`csv_writer` for rows that are sequences in the order of ``columns`` (None as an empty cell): no dict
@@ -167,12 +167,14 @@ def csv_values_writer(
 
     :param uri: the target file's URI or path; its folder is created. A name ending ``.gz`` is gzip-compressed.
     :param columns: the header, in order.
+    :param header: False: rows only, a part for :func:`concatenate_gzip_csv`.
     """
     target = ObjectStoragePath(uri)
     with _written_whole(target) as raw, _packed(target, raw) as data:
         text = _Chunked(data)
         writer = csv.writer(text)
-        writer.writerow(columns)
+        if header:
+            writer.writerow(columns)
         yield writer.writerow  # csv writes None as an empty cell
         text.flush()
 
@@ -197,6 +199,27 @@ def concatenate_csv(uri: str | ObjectStoragePath, parts: Sequence[str | ObjectSt
                     out.write(header)
                 elif line != header:
                     raise ValueError(f"{part}: its header is not the first part's, so its rows cannot follow them")
+                shutil.copyfileobj(data, out, READ_BLOCK)
+
+
+def concatenate_gzip_csv(
+    uri: str | ObjectStoragePath, columns: Sequence[str], parts: Sequence[str | ObjectStoragePath]
+) -> None:
+    """
+    :func:`concatenate_csv` for gzip-compressed parts written without a header (``header=False``): a gzip
+    member holding the header line, then each part's compressed bytes as they are. A file of several members is
+    one stream to every gzip reader (Python's, zcat, pandas), and no row is decompressed or compressed again.
+
+    :param uri: the target file's URI or path (its name ends ``.gz``); its folder is created.
+    :param columns: the header, in order.
+    :param parts: the parts, gzip-compressed CSV rows without a header; they are only read.
+    """
+    line = io.StringIO()
+    csv.writer(line).writerow(columns)
+    with _written_whole(ObjectStoragePath(uri)) as out:
+        out.write(gzip.compress(line.getvalue().encode(), compresslevel=3, mtime=0))
+        for part in parts:
+            with ObjectStoragePath(part).open("rb", block_size=READ_BLOCK) as data:
                 shutil.copyfileobj(data, out, READ_BLOCK)
 
 

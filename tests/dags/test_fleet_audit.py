@@ -45,7 +45,18 @@ def _folder(tmp_path: Path, night: int) -> Path:
     return tmp_path / DAG_ID / f"{ANCHOR + (night - 1) * DAY:%Y-%m-%d}"
 
 
-def test_five_nights_report_every_change_exactly_once(timeline_sandbox, fleet_dag, tmp_path):
+def test_five_nights_report_every_change_exactly_once(timeline_sandbox, fleet_dag, tmp_path, monkeypatch):
+    from airflow_provider_m2m.fleet_audit import state
+
+    joined = []  # per report: whether it joined the batches' parts (the tasks run in this process)
+    real_batch_parts = state._batch_parts
+
+    def batch_parts(*args):
+        parts = real_batch_parts(*args)
+        joined.append(parts is not None)
+        return parts
+
+    monkeypatch.setattr(state, "_batch_parts", batch_parts)
     sb, fleet = timeline_sandbox, timeline_sandbox.fleet
     fleet_file = fleet.write_csv(tmp_path / "fleet.csv")  # with expected_imei: 5 SIMs not where the inventory says
     reports: dict[int, list[dict[str, str]]] = {}
@@ -72,6 +83,8 @@ def test_five_nights_report_every_change_exactly_once(timeline_sandbox, fleet_da
     states = sorted(p.name for p in (tmp_path / DAG_ID / "state").iterdir())
     nights = [f"{ANCHOR + (n - 1) * DAY:%Y-%m-%d}.csv.gz" for n in (1, 3, 5)]  # none for the failed night
     assert states == [name + suffix for name in nights for suffix in ("", ".written.json")]  # each with its fingerprint
+    assert joined == [True] * 4  # each batch diffed its own SIMs; the failed night's report stopped before
+    assert not [p for p in (tmp_path / DAG_ID).rglob("parts/*/*")]  # removed with each report
 
     # Every change the sandbox made after the first audit's start appears in exactly one report, dated truly.
     moves = [(r["iccid"], dt.datetime.fromisoformat(r["last_change"]), n, r["status"])

@@ -246,7 +246,7 @@ def test_the_report_checks_every_row_of_the_previous_state_again_only_if_it_chan
     monkeypatch.setattr(state, "read_state", read_state)
     since = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
     result = state.audit_night(batches=batches, audit_folder=audit, night=NIGHT, since=since)
-    assert reads == [{"checked": True, "collecting": False}] and gc.isenabled()
+    assert reads == [{"checked": True, "start": "", "collecting": False}] and gc.isenabled()
     assert result["fleet_size"] == 50 and result["changed"] == 0
 
     # the same rows, but one IMEI broken by hand after the plan: another file, read with every check
@@ -255,7 +255,7 @@ def test_the_report_checks_every_row_of_the_previous_state_again_only_if_it_chan
     reads.clear()
     with pytest.raises(InvalidRequestError, match=r"line 2: imei '35693803564380X': must be 15 digits or empty"):
         state.audit_night(batches=batches, audit_folder=audit, night=NIGHT, since=since)
-    assert reads == [{"checked": False, "collecting": False}] and gc.isenabled()  # resumed after the failure too
+    assert reads == [{"checked": False, "start": "", "collecting": False}] and gc.isenabled()  # resumed after failing
 
 
 def test_a_state_the_audit_wrote_is_trusted_by_the_next_plan_until_someone_changes_it(tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ def test_a_state_the_audit_wrote_is_trusted_by_the_next_plan_until_someone_chang
     written = Path(first["state"].removeprefix("file://") + state.WRITTEN)
     assert reads == [] and written.exists()  # the first night: no previous state
     assert night(NIGHT + dt.timedelta(days=1))["first_seen"] == 0
-    assert reads == [{"checked": True}]  # the plan trusted the audit's own file; the report checked its order
+    assert reads == [{"checked": True, "start": ""}]  # the plan trusted the file; the report checked its order
 
     stored = Path(first["state"].removeprefix("file://"))
     body = gzip.decompress(stored.read_bytes()).decode().replace("356938035643809", "35693803564380X", 1)
