@@ -21,7 +21,10 @@ trusts); ``plan_state_read_s`` the same plan with a state restored by hand (read
 files for the duplicate check; the state read through), timed in the same run beside ``plan_s``; likewise
 ``report_merged_s`` is the report merging the batches (as before they were ICCID ranges) beside ``report_s``
 (each batch read once, in order), and ``report_collecting_s`` the report with Python's cycle collector running
-through its diff (as before the report paused it). ``--no-two-pass`` leaves these out.
+through its diff (as before the report paused it). ``--no-two-pass`` leaves these out. Those reports diff the
+whole fleet themselves (``report_s``: as when the batches made no parts); then every batch's share of the diff
+runs at once, each in its own process as the pool runs the batches (``batch_diff_s``: the slowest one's diff),
+and ``report_joining_s`` is the report joining their parts, as the audit's report does.
 """
 
 from __future__ import annotations
@@ -169,6 +172,27 @@ def query(folder: Path) -> dict:
     return {}
 
 
+def part(folder: Path, batch: int) -> dict:
+    """A batch's share of the diff (``diff_batch``, as the audit's batch runs it after its queries), timed."""
+    import time
+
+    from airflow_provider_m2m.fleet_audit.plan import batch_uris, night_folder
+    from airflow_provider_m2m.fleet_audit.state import diff_batch
+
+    uris = batch_uris(night_folder(folder.as_uri(), NIGHT), batch)
+    since = dt.datetime.combine(NIGHT, dt.time(), dt.UTC)
+    began = time.perf_counter()
+    diff_batch(batch=(uris["iccids_uri"], uris["output_uri"]), audit_folder=_audit(folder), night=NIGHT, since=since)
+    return {"diff_s": time.perf_counter() - began}
+
+
+def _parts(folder: str, sims: int, batches: int) -> float:
+    """Every batch's share of the diff, all at once (as the pool runs the batches): the slowest one's seconds."""
+    cmd = [sys.executable, __file__, "--task", "part", "--folder", folder, "--sims", str(sims)]
+    running = [subprocess.Popen([*cmd, "--batch", str(n)], stdout=subprocess.PIPE, text=True) for n in range(batches)]
+    return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["diff_s"] for p in running)
+
+
 def report(folder: Path, merged: bool = False, collecting: bool = False) -> dict:
     """
     ``build_report``'s work in this process: the diff, the report and the state; the peak RSS growth.
@@ -224,6 +248,8 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
         merged = _timed("report-merged", tmp, sims, batch_size) if two_pass else None
         collecting = _timed("report-collecting", tmp, sims, batch_size) if two_pass else None
         reported, report_s = _timed("report", tmp, sims, batch_size)
+        parts_s = _parts(tmp, sims, planned["batches"])  # made after the reports above: they do not use them
+        joined, joined_s = _timed("report", tmp, sims, batch_size)
     return {
         "sims": sims,
         "batch_size": batch_size or "automatic",
@@ -236,6 +262,9 @@ def run(sims: int, batch_size: int = BATCH, two_pass: bool = True) -> dict:
         **({"plan_two_pass_s": round(old[1], 1), "plan_two_pass_growth_mb": old[0]["growth_mb"]} if old else {}),
         "report_growth_mb": reported["growth_mb"],
         "report_s": round(report_s, 1),
+        "batch_diff_s": round(parts_s, 1),
+        "report_joining_s": round(joined_s, 1),
+        "report_joined_same_counts": {**joined, "growth_mb": 0} == {**reported, "growth_mb": 0},
         **({"report_merged_s": round(merged[1], 1)} if merged else {}),
         **({"report_collecting_s": round(collecting[1], 1)} if collecting else {}),
         "fleet_size": reported["fleet_size"],
@@ -249,9 +278,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH, help="SIMs per batch (0: automatic)")
     parser.add_argument("--no-two-pass", action="store_true", help="skip the old two-pass plan (side by side)")
     tasks = ["generate", "plan", "plan-state-read", "plan-two-pass", "query", "report", "report-merged"]
-    tasks.append("report-collecting")
+    tasks += ["report-collecting", "part"]
     parser.add_argument("--task", choices=tasks, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
         if args.task == "generate":
@@ -264,6 +294,7 @@ def main() -> None:
             step["report"] = lambda: report(args.folder)
             step["report-merged"] = lambda: report(args.folder, merged=True)
             step["report-collecting"] = lambda: report(args.folder, collecting=True)
+            step["part"] = lambda: part(args.folder, args.batch)
             print(json.dumps(step[args.task]()))
         return
     for sims in args.sims or [100_000, 1_000_000]:

@@ -254,7 +254,9 @@ def main() -> None:
                 f"+{big['plan_growth_mb']:.1f} / +{big['report_growth_mb']:.1f} MB (+{small['plan_growth_mb']:.1f}"
                 f" / +{small['report_growth_mb']:.1f} MB for {small['sims']}; report {big['report_s']:.0f} s "
                 f"({big.get('report_merged_s', 0):.0f} s merging the batches, "
-                f"{big.get('report_collecting_s', 0):.0f} s with the cycle collector running), "
+                f"{big.get('report_collecting_s', 0):.0f} s with the cycle collector running; "
+                f"{big['report_joining_s']:.1f} s joining the batches' parts, made in {big['batch_diff_s']:.1f} s "
+                f"at once), "
                 f"{big['fleet_size']} SIMs, {big['changed']} changed)",
                 "<= 30 MB",
                 worst / 30,
