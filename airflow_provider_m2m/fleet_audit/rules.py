@@ -174,6 +174,36 @@ def unchanged(previous: Seen, answer: Mapping[str, str], cutoff: dt.datetime | N
     return last_change is None or cutoff is None or dt.datetime.fromisoformat(last_change) < cutoff  # at_cutoff's test
 
 
+def baseline(answer: Mapping[str, str], since: dt.datetime, cutoff: dt.datetime | None) -> Seen | None:
+    """
+    :func:`unchanged` for a SIM the last audit has no row for (the first audit, a SIM new to the fleet file):
+    the row its state starts with when it has nothing to report, or None to leave it to :func:`at_cutoff` and
+    :func:`audit_sim`. That is the usual such SIM: the platform knows its device, dates its last change before
+    ``since`` (or not at all), and the fleet file expects that device or none.
+
+    :param answer: the night's row for the SIM (the query columns and the fleet file's ``expected_imei``).
+    :param since: the night's ``since`` (see :func:`audit_sim`); ``cutoff``: as for :func:`unchanged`.
+
+    >>> answer = {"iccid": "8925401000000000001", "current_imei": "359827041234569",
+    ...           "last_change": "2026-01-05T08:00:00+00:00", "error": ""}
+    >>> baseline(answer, dt.datetime(2026, 3, 1, tzinfo=dt.UTC), None)
+    Seen(iccid='8925401000000000001', imei='359827041234569', last_change='2026-01-05T08:00:00+00:00')
+    >>> baseline(answer, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), None) is None  # a change this night: reported
+    True
+    """
+    imei, last_change = answer.get("current_imei"), answer.get("last_change") or None
+    if answer.get("error") or not imei:
+        return None
+    expected = answer.get("expected_imei")
+    if expected and expected != imei:
+        return None
+    if last_change is not None:
+        moment = dt.datetime.fromisoformat(last_change)
+        if moment.tzinfo is None or moment >= since or (cutoff is not None and moment >= cutoff):
+            return None
+    return Seen(answer["iccid"], imei, last_change)
+
+
 # ---------------------------------------------------------------------------------------------- input rules
 def _is_iccid(value: str) -> bool:
     """The audit's ICCID rule: 18 to 22 ASCII digits, as written (fleet rows and state rows are keyed by it)."""

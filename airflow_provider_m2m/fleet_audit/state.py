@@ -57,6 +57,7 @@ from airflow_provider_m2m.fleet_audit.rules import (
     Seen,
     at_cutoff,
     audit_sim,
+    baseline,
     expected_imei,
     read_state,
     unchanged,
@@ -421,6 +422,9 @@ def _diff(
             counts["fleet_size"] += 1
             if seen_before is not None and unchanged(seen_before, answer, cutoff):
                 write_state(seen_before)  # nothing to report: the state keeps the SIM's row
+                continue
+            if seen_before is None and (first := baseline(answer, since, cutoff)) is not None:
+                write_state(first)  # nothing to report: the SIM's row starts here
                 continue
             row = at_cutoff(answer, seen_before, cutoff) if cutoff is not None else answer
             statuses, seen = audit_sim(seen_before, row, expected_imei(row.get("expected_imei")), since)
