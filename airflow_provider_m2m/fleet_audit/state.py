@@ -220,7 +220,7 @@ def audit_night(
     (work / "state.csv.gz").rename(state)  # last: the night counts as audited only with its report written
     mark_written(state)
     _prune(audit_folder, keep_nights)
-    for leftover in [*work.iterdir(), *_part_files(folder)]:
+    for leftover in [*_files_in(work), *_part_files(folder)]:
         leftover.unlink()
     return {
         "report_csv": report_uri,
@@ -335,10 +335,12 @@ def _added(counts: Iterable[dict[str, int]]) -> dict[str, int]:
 
 def _part_files(folder: str) -> list[ObjectStoragePath]:
     """The files of every batch's part in the night's ``folder`` (used or not): ``parts/<batch>/<file>``."""
-    parts = ObjectStoragePath(f"{folder}/{PARTS}")
-    if not parts.exists():
-        return []
-    return [file for part in parts.iterdir() if part.is_dir() for file in part.iterdir()]
+    return [file for part in _files_in(ObjectStoragePath(f"{folder}/{PARTS}")) for file in _files_in(part)]
+
+
+def _files_in(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    """What ``folder`` holds; nothing when it does not exist (an object store has no folder without a file)."""
+    return list(folder.iterdir()) if folder.exists() else []
 
 
 def _columns(first_input: str | None) -> tuple[list[str], tuple[str, ...]]:
