@@ -177,7 +177,9 @@ def audit_night(
     keep_nights: int = KEEP_NIGHTS,
 ) -> dict[str, Any]:
     """
-    Diff the night's batch files against the previous state; write the report, then the night's state.
+    Diff the night's batch files against the previous state; write the report, then the night's state. When
+    every batch left its share of the diff (:func:`diff_batch`) made from these same files, the report joins
+    those shares instead of diffing again.
 
     :param batches: ``(input_uri, output_uri)`` of each batch: its fleet rows sorted by ICCID (the plan's
         file, see :mod:`~airflow_provider_m2m.fleet_audit.plan`) and its query CSV.

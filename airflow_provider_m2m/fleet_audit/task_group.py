@@ -37,8 +37,10 @@ class FleetImeiAudit(TaskGroup):
     Three tasks: ``<group_id>.plan_batches`` checks the fleet file and the previous audit state (bad input fails
     here, before any platform call, without retries) and writes the fleet in batches to object storage;
     ``<group_id>.query_imeis`` is mapped over the batches (a :class:`QueryImeiOperator` per batch, ``max_workers``
-    calls in flight each); ``<group_id>.build_report`` compares every SIM with the audit state of the last
-    successful night before this one and writes the night's report, its summary and this night's state.
+    calls in flight each), and each batch then compares its own SIMs with the audit state of the last successful
+    night before this one (its share of the report, under ``<night>/parts/``); ``<group_id>.build_report``
+    joins the batches' shares (or, when a share is missing or stale, compares every SIM itself, with the same
+    result) and writes the night's report, its summary and this night's state.
 
     What a run covers (:mod:`~airflow_provider_m2m.fleet_audit.night`): the changes made before its *cutoff*, the
     end of its data interval; for an empty interval (Airflow 3's ``@daily``, a ``CronTriggerTimetable``, and its
@@ -263,7 +265,10 @@ def _plan_batches(
 
 
 class _AuditBatch(QueryImeiOperator):
-    """One batch of the audit: a QueryImeiOperator on the batch's files, keeping only its counts in XCom."""
+    """
+    One batch of the audit: a QueryImeiOperator on the batch's files, keeping only its counts in XCom, then its
+    share of the report's diff (:func:`~airflow_provider_m2m.fleet_audit.state.diff_batch`).
+    """
 
     template_fields: Sequence[str] = (*QueryImeiOperator.template_fields, "report_base_uri")
 
@@ -298,7 +303,8 @@ class _AuditBatch(QueryImeiOperator):
 def _build_report(
     plan: list[dict[str, int]], *, list_changed: bool, report_base_uri: str | None, audit_group_id: str
 ) -> dict[str, Any]:
-    """Diff the batches against the last successful audit's state; write the report, then this night's state."""
+    """Join the batches' diffs (or diff the batches) against the last successful audit's state; write the report,
+    then this night's state."""
     import json
 
     from airflow.sdk import ObjectStoragePath, get_current_context
